@@ -1,0 +1,3 @@
+"""wsikt: whole-slide-image survival models with cross-cancer knowledge transfer."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,77 @@
+"""Config and sample-sheet validation: JSON schema, defaults filled in, one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+
+class ConfigError(ValueError):
+    """The config or sample sheet is invalid; the message names the key and the fix."""
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _fill_defaults(instance: Any, schema: dict) -> None:
+    """Insert schema defaults for absent keys, recursively (before validation)."""
+    if not isinstance(instance, dict) or schema.get("type") != "object":
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = sub["default"]
+        if key in instance:
+            _fill_defaults(instance[key], sub)
+
+
+def validate_config(config: dict, schema_path: str | Path, source: str = "config") -> dict:
+    """Fill defaults and validate ``config`` in place; raise ConfigError naming the offending key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    _fill_defaults(config, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise ConfigError(_one_line(errors[0], source))
+    return config
+
+
+def _one_line(err: jsonschema.ValidationError, source: str) -> str:
+    key = _key(err.absolute_path)
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        full = f"{key}.{missing}" if err.absolute_path else missing
+        return f"{source}: missing required key '{full}'; add it (see config/config.yaml for an example)"
+    if err.validator == "additionalProperties":
+        return f"{source}: {err.message} under '{key}'; remove or correct the key (typo?)"
+    if err.validator == "enum":
+        allowed = ", ".join(map(str, err.validator_value))
+        return f"{source}: key '{key}' = {err.instance!r} is not one of: {allowed}"
+    if err.validator == "type":
+        return f"{source}: key '{key}' = {err.instance!r} must be of type {err.validator_value}"
+    return f"{source}: key '{key}': {err.message}"
+
+
+SAMPLE_COLUMNS = ("slide_id", "patient_id", "cancer", "path")
+
+
+def validate_samples(samples: pd.DataFrame, schema_path: str | Path, source: str) -> pd.DataFrame:
+    """Check a sample sheet against its schema row by row; unique slide ids; returns it typed."""
+    missing = [c for c in SAMPLE_COLUMNS if c not in samples.columns]
+    if missing:
+        raise ConfigError(f"{source}: missing column(s) {missing}; a sample sheet has {', '.join(SAMPLE_COLUMNS)}")
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for i, row in enumerate(samples.to_dict("records")):
+        record = {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
+        err = next(iter(validator.iter_errors(record)), None)
+        if err is not None:
+            raise ConfigError(f"{source}: row {i + 2} (slide {row.get('slide_id')}): column '{_key(err.absolute_path) if err.absolute_path else err.message}': {err.message}")
+    dup = samples["slide_id"][samples["slide_id"].duplicated()]
+    if len(dup):
+        raise ConfigError(f"{source}: slide_id '{dup.iloc[0]}' appears twice; slide ids must be unique")
+    return samples

@@ -1,0 +1,127 @@
+"""Encoder registry: one small spec per model (its facts) and one factory from a config name.
+
+Adding a model means adding one ``EncoderSpec`` here; the pipeline never changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Facts about a patch encoder, as TRIDENT states them."""
+
+    name: str
+    dim: int
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    mpp: float  # microns per pixel the model was trained at
+    patch_size: int  # patch side in pixels at ``mpp``
+    precision: str  # 'fp32', 'bf16' or 'fp16' under autocast on GPU
+    weights: str  # where the weights come from, for users
+    build: Callable[[], nn.Module] = field(repr=False, compare=False)
+    is_cnn: bool = False
+
+
+class DemoEncoder(nn.Module):
+    """A CPU-fast fixed encoder for the demo: stain, darkness and blob statistics plus seeded random filters.
+
+    It needs no downloaded weights: every parameter is a fixed buffer derived from a seed, so the
+    same name always gives the same features. Output dim 64; inputs are RGB in [0, 1].
+    """
+
+    # Ruifrok & Johnston H&E-DAB optical-density vectors.
+    _STAINS = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+
+    def __init__(self, seed: int = 0, n_random: int = 46) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        stains = self._STAINS / self._STAINS.norm(dim=1, keepdim=True)
+        self.register_buffer("unmix", torch.linalg.inv(stains))
+        self.register_buffer("random_filters", torch.randn(n_random, 3, 7, 7, generator=gen) / math.sqrt(3 * 49))
+        self.register_buffer("random_bias", torch.randn(n_random, generator=gen) * 0.1)
+        self.register_buffer("dog_small", _dog_kernel(1.5, 3.0))
+        self.register_buffer("dog_large", _dog_kernel(3.0, 6.0))
+        self.dim = 18 + n_random
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(x.float(), 2)
+        od = -torch.log(x.clamp(1.0 / 255.0, 1.0))
+        conc = torch.einsum("bchw,cd->bdhw", od, self.unmix)
+        hema, eosin = conc[:, 0:1], conc[:, 1:2]
+        dark = od.mean(1, keepdim=True)
+        feats = [
+            x.mean((2, 3)), x.std((2, 3)),
+            hema.mean((2, 3)), eosin.mean((2, 3)), hema.std((2, 3)), eosin.std((2, 3)),
+        ]
+        for t in (0.6, 0.9, 1.2):
+            feats.append(10.0 * (dark > t).float().mean((2, 3)))
+        for kernel in (self.dog_small, self.dog_large):
+            resp = F.conv2d(dark, kernel, padding=kernel.shape[-1] // 2)
+            feats.append(10.0 * resp.clamp(min=0).mean((2, 3)))
+            feats.append(resp.flatten(1).quantile(0.99, dim=1, keepdim=True))
+        feats.append(10.0 * (hema > 0.8).float().mean((2, 3)))
+        rnd = F.relu(F.conv2d(od, self.random_filters, self.random_bias, padding=3))
+        feats.append(rnd.mean((2, 3)))
+        return torch.cat(feats, dim=1)
+
+
+def _dog_kernel(s1: float, s2: float) -> torch.Tensor:
+    """Difference-of-Gaussians kernel (1, 1, k, k): a blob detector tuned to nucleus size."""
+    half = int(math.ceil(3 * s2))
+    ax = torch.arange(-half, half + 1, dtype=torch.float32)
+    r2 = ax[:, None] ** 2 + ax[None, :] ** 2
+    g1 = torch.exp(-r2 / (2 * s1 * s1))
+    g2 = torch.exp(-r2 / (2 * s2 * s2))
+    k = g1 / g1.sum() - g2 / g2.sum()
+    return k[None, None]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+REGISTRY: dict[str, EncoderSpec] = {
+    "demo": EncoderSpec(
+        name="demo", dim=64, input_size=256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), mpp=0.5,
+        patch_size=256, precision="fp32", weights="none: fixed filters from seed 0", build=DemoEncoder,
+    ),
+}
+
+
+def get_encoder_spec(name: str) -> EncoderSpec:
+    """The registry entry for ``name``, or a clear error listing the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown encoder '{name}' (config key features.encoder); known: {', '.join(sorted(REGISTRY))}"
+        ) from None
+
+
+def build_encoder(name: str) -> tuple[nn.Module, EncoderSpec, str]:
+    """Build the encoder in eval mode; check its output dim with a dummy forward; return a weights hash."""
+    spec = get_encoder_spec(name)
+    model = spec.build().eval()
+    with torch.inference_mode():
+        out = model(torch.rand(1, 3, spec.input_size, spec.input_size))
+    if out.shape != (1, spec.dim):
+        raise ValueError(f"encoder '{name}' produced shape {tuple(out.shape)}, expected (1, {spec.dim})")
+    return model, spec, weights_hash(model)
+
+
+def weights_hash(model: nn.Module) -> str:
+    """SHA-256 (first 16 hex) over parameters and buffers, to tie features to the exact weights."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,129 @@
+"""Slide access through OpenSlide, in microns per pixel rather than pyramid levels."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openslide
+
+
+class SlideError(RuntimeError):
+    """A slide cannot be opened or read; the message names the file and what to do."""
+
+
+class MissingMppError(SlideError):
+    """The slide carries no microns-per-pixel metadata and no override was given."""
+
+
+def open_slide(path: str | Path) -> openslide.OpenSlide:
+    """Open a slide with OpenSlide, turning its errors into one clear line naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(f"{path}: slide file not found; check the 'path' column of the sample sheet")
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        raise SlideError(
+            f"{path}: not a slide format OpenSlide can open ({exc}); re-export it as SVS/TIFF "
+            "or remove it from the sample sheet"
+        ) from exc
+    except openslide.OpenSlideError as exc:
+        raise SlideError(f"{path}: OpenSlide failed to open it ({exc}); the file may be corrupt") from exc
+
+
+def slide_mpp(slide: openslide.OpenSlide, override: float | None = None, name: str = "") -> float:
+    """Level-0 microns per pixel: the override wins, then openslide.mpp-x, aperio.MPP, TIFF resolution."""
+    if override is not None and not (isinstance(override, float) and math.isnan(override)):
+        if override <= 0:
+            raise SlideError(f"{name}: mpp override {override} must be > 0 (sample sheet column 'mpp')")
+        return float(override)
+    props = slide.properties
+    for key in (openslide.PROPERTY_NAME_MPP_X, "aperio.MPP"):
+        value = props.get(key)
+        if value:
+            try:
+                mpp = float(value)
+            except ValueError:
+                continue
+            if mpp > 0:
+                return mpp
+    res, unit = props.get("tiff.XResolution"), props.get("tiff.ResolutionUnit")
+    if res and unit in ("centimeter", "inch"):
+        per_unit_um = 1e4 if unit == "centimeter" else 25400.0
+        mpp = per_unit_um / float(res)
+        if 0.05 < mpp < 50:
+            return mpp
+    raise MissingMppError(
+        f"{name or 'slide'}: no microns-per-pixel metadata (openslide.mpp-x, aperio.MPP, TIFF "
+        "resolution); add its scan resolution to the 'mpp' column of the sample sheet "
+        "(0.25 for 40x, 0.5 for 20x)"
+    )
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """How to read patches of ``target_mpp`` µm/px: from which level, how many pixels, resized or not."""
+
+    level: int
+    read_size: int  # side in pixels at ``level``
+    patch_size: int  # side in pixels at the target mpp (what the encoder sees)
+    footprint: int  # side in level-0 pixels
+    level_mpp: float
+    resized: bool
+
+
+def plan_read(
+    level_downsamples: tuple[float, ...],
+    mpp0: float,
+    target_mpp: float,
+    patch_size: int,
+    tolerance: float = 0.1,
+) -> ReadPlan:
+    """Pick the pyramid level to read ``patch_size`` patches at ``target_mpp``.
+
+    A level whose mpp is within ``tolerance`` (relative) of the target is read natively; otherwise the
+    coarsest level finer than the target is read and resized. Footprints are whole level-0 pixels.
+    """
+    if target_mpp < mpp0 * (1 - tolerance):
+        raise SlideError(
+            f"target {target_mpp} µm/px is finer than the scan ({mpp0:.4f} µm/px); "
+            "lower preprocess.target_mpp's resolution or use a higher-magnification scan"
+        )
+    footprint = int(round(patch_size * target_mpp / mpp0))
+    best_native = None
+    finer = []
+    for level, ds in enumerate(level_downsamples):
+        level_mpp = mpp0 * ds
+        if abs(level_mpp - target_mpp) <= tolerance * target_mpp:
+            if best_native is None or abs(level_mpp - target_mpp) < abs(
+                mpp0 * level_downsamples[best_native] - target_mpp
+            ):
+                best_native = level
+        elif level_mpp < target_mpp:
+            finer.append(level)
+    if best_native is not None:
+        ds = level_downsamples[best_native]
+        read_size = int(round(footprint / ds))
+        return ReadPlan(best_native, read_size, patch_size, footprint, mpp0 * ds, read_size != patch_size)
+    level = max(finer, key=lambda lv: level_downsamples[lv]) if finer else 0
+    ds = level_downsamples[level]
+    return ReadPlan(level, int(round(footprint / ds)), patch_size, footprint, mpp0 * ds, True)
+
+
+def read_region_rgb(
+    slide: openslide.OpenSlide, x: int, y: int, level: int, size: int
+) -> np.ndarray:
+    """Read a ``size``×``size`` RGB patch whose top-left is level-0 (x, y); transparent areas → white."""
+    rgba = np.asarray(slide.read_region((int(x), int(y)), level, (size, size)))
+    rgb = rgba[..., :3].copy()
+    rgb[rgba[..., 3] == 0] = 255
+    return rgb
+
+
+def best_level_for_downsample(level_downsamples: tuple[float, ...], downsample: float) -> int:
+    """The level whose downsample is closest to ``downsample`` in log scale (CLAM's seg-level choice)."""
+    logs = np.abs(np.log(np.asarray(level_downsamples, dtype=float)) - math.log(downsample))
+    return int(np.argmin(logs))

@@ -1,0 +1,118 @@
+# Config and sample sheet are validated here, before any job; input functions are named get_<what>.
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from wsikt.config import validate_config, validate_samples
+
+SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
+# Scripts import the wsikt library from this checkout (also under --sdm conda and on SLURM nodes).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str((Path(workflow.current_basedir) / ".." / ".." / "src").resolve())]
+    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+
+validate_config(config, SCHEMAS / "config.schema.yaml", source="config")
+
+ENCODER = config["features"]["encoder"]
+MODEL = config["experts"]["model"]
+ENDPOINT = config["endpoint"]
+FOLDS = list(range(config["experts"]["folds"]))
+
+if config["demo"]["enabled"]:
+    from wsikt.demo.cohort import plan_cohort, sample_sheet
+
+    DEMO = plan_cohort(
+        seed=config["demo"]["seed"],
+        cancers=config["demo"]["cancers"],
+        two_slide_fraction=config["demo"]["two_slide_fraction"],
+        fraction_40x=config["demo"]["fraction_40x"],
+    )
+    SAMPLES = sample_sheet(DEMO.slides, "resources/demo/slides")
+    SAMPLES_TSV = "resources/demo/samples.tsv"
+    CLINICAL = "resources/demo/clinical.tsv"
+else:
+    SAMPLES_TSV = config["samples"]
+    if not Path(SAMPLES_TSV).exists():
+        raise FileNotFoundError(
+            f"sample sheet {SAMPLES_TSV} (config key 'samples') not found; create it or enable demo"
+        )
+    SAMPLES = validate_samples(
+        pd.read_csv(SAMPLES_TSV, sep="\t", dtype={"slide_id": str, "patient_id": str}),
+        SCHEMAS / "samples.schema.yaml",
+        source=SAMPLES_TSV,
+    )
+    CLINICAL = config["clinical"]
+
+SAMPLES = SAMPLES.set_index("slide_id", drop=False)
+CANCERS = sorted(SAMPLES["cancer"].unique())
+SLIDES_BY_CANCER = SAMPLES.groupby("cancer")["slide_id"].apply(sorted).to_dict()
+
+
+wildcard_constraints:
+    slide=r"[^/]+",
+    encoder=r"[^/]+",
+    model=r"[^/]+",
+    endpoint=r"[A-Z]+",
+    cancer=r"[^/]+",
+    fold=r"\d+",
+
+
+def get_slide_path(wildcards):
+    """The slide file of one slide id, from the sample sheet."""
+    return SAMPLES.at[wildcards.slide, "path"]
+
+
+def get_mpp_override(wildcards):
+    """The sample sheet's mpp override for a slide, or None."""
+    if "mpp" not in SAMPLES.columns:
+        return None
+    value = SAMPLES.at[wildcards.slide, "mpp"]
+    return None if pd.isna(value) else float(value)
+
+
+def get_cancer_patches(wildcards):
+    """Patch h5 files of every slide of one cancer."""
+    return [f"results/patches/{s}.h5" for s in SLIDES_BY_CANCER[wildcards.cancer]]
+
+
+def get_cancer_features(wildcards):
+    """Feature h5 files of every slide of one cancer for one encoder."""
+    return [
+        f"results/features/{wildcards.encoder}/{s}.h5"
+        for s in SLIDES_BY_CANCER[wildcards.cancer]
+    ]
+
+
+def get_all_features(wildcards):
+    """Feature h5 files of every slide for one encoder."""
+    return [f"results/features/{wildcards.encoder}/{s}.h5" for s in SAMPLES["slide_id"]]
+
+
+def get_expert_dir(wildcards):
+    """Prefix of one (encoder, model, endpoint)'s expert outputs."""
+    return f"results/experts/{wildcards.encoder}/{wildcards.model}/{wildcards.endpoint}"
+
+
+def get_train_settings():
+    """Expert training settings (config key experts) as the library's TrainSettings fields."""
+    e = config["experts"]
+    return dict(
+        epochs=e["epochs"],
+        lr=e["lr"],
+        weight_decay=e["weight_decay"],
+        patients_per_step=e["patients_per_step"],
+        warmup_epochs=e["warmup_epochs"],
+        alpha=e["alpha"],
+        dropout=e["dropout"],
+        seed=e["seed"],
+        bins_kind=e["bins"]["kind"],
+        n_bins=e["bins"]["n_bins"],
+        bin_width_days=e["bins"]["width_days"],
+    )
+
+
+def get_final_outputs():
+    """Targets of rule all: the report."""
+    return ["results/report/index.html"]
