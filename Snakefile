@@ -11,6 +11,17 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    slide=r"[^/]+",
+    encoder=r"[^/]+",
+    model=r"[^/]+",
+    endpoint=r"[A-Z]+",
+    cancer=r"[^/]+",
+    fold=r"\d+",
+
+
 include: "workflow/rules/acquire.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/features.smk"

@@ -49,8 +49,8 @@ class DemoEncoder(nn.Module):
         self.register_buffer("unmix", torch.linalg.inv(stains))
         self.register_buffer("random_filters", torch.randn(n_random, 3, 7, 7, generator=gen) / math.sqrt(3 * 49))
         self.register_buffer("random_bias", torch.randn(n_random, generator=gen) * 0.1)
-        self.register_buffer("dog_small", _dog_kernel(1.5, 3.0))
-        self.register_buffer("dog_large", _dog_kernel(3.0, 6.0))
+        for sigma in (1.5, 3.0, 6.0):
+            self.register_buffer(f"gauss_{str(sigma).replace('.', '_')}", _gauss_1d(sigma))
         self.dim = 18 + n_random
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,25 +65,30 @@ class DemoEncoder(nn.Module):
         ]
         for t in (0.6, 0.9, 1.2):
             feats.append(10.0 * (dark > t).float().mean((2, 3)))
-        for kernel in (self.dog_small, self.dog_large):
-            resp = F.conv2d(dark, kernel, padding=kernel.shape[-1] // 2)
+        blur = {s: _blur(dark, k) for s, k in (("1.5", self.gauss_1_5), ("3", self.gauss_3_0), ("6", self.gauss_6_0))}
+        for fine, coarse in (("1.5", "3"), ("3", "6")):  # difference of Gaussians: nucleus-sized blobs
+            resp = blur[fine] - blur[coarse]
             feats.append(10.0 * resp.clamp(min=0).mean((2, 3)))
             feats.append(resp.flatten(1).quantile(0.99, dim=1, keepdim=True))
         feats.append(10.0 * (hema > 0.8).float().mean((2, 3)))
-        rnd = F.relu(F.conv2d(od, self.random_filters, self.random_bias, padding=3))
+        rnd = F.relu(F.conv2d(od, self.random_filters, self.random_bias, stride=2, padding=3))
         feats.append(rnd.mean((2, 3)))
         return torch.cat(feats, dim=1)
 
 
-def _dog_kernel(s1: float, s2: float) -> torch.Tensor:
-    """Difference-of-Gaussians kernel (1, 1, k, k): a blob detector tuned to nucleus size."""
-    half = int(math.ceil(3 * s2))
+def _gauss_1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian kernel of radius 3σ."""
+    half = int(math.ceil(3 * sigma))
     ax = torch.arange(-half, half + 1, dtype=torch.float32)
-    r2 = ax[:, None] ** 2 + ax[None, :] ** 2
-    g1 = torch.exp(-r2 / (2 * s1 * s1))
-    g2 = torch.exp(-r2 / (2 * s2 * s2))
-    k = g1 / g1.sum() - g2 / g2.sum()
-    return k[None, None]
+    g = torch.exp(-(ax**2) / (2 * sigma * sigma))
+    return g / g.sum()
+
+
+def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of a (B, 1, H, W) map with reflect padding."""
+    pad = kernel.numel() // 2
+    x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), kernel.view(1, 1, -1, 1))
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -32,6 +32,7 @@ class TrainSettings:
     alpha: float = 0.5
     dropout: float = 0.25
     seed: int = 42
+    feature_norm: str = "none"  # 'standardize': z-score features with training-fold patch statistics
     bins_kind: str = "uniform"
     n_bins: int = 32
     bin_width_days: float = 365.0
@@ -69,6 +70,11 @@ def train_expert(
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     model = build_model(settings.model, bags[0].shape[1], n_bins, settings.dropout).to(device)
+    if settings.feature_norm == "standardize":
+        patches = torch.from_numpy(np.concatenate(bags)).double()
+        model.set_normalisation(patches.mean(0).float().to(device), patches.std(0).float().to(device))
+    elif settings.feature_norm != "none":
+        raise ValueError(f"experts.feature_norm '{settings.feature_norm}' must be 'none' or 'standardize'")
     opt = optimizer_for(model, settings.lr, settings.weight_decay)
     steps_per_epoch = math.ceil(len(bags) / settings.patients_per_step)
     sched = cosine_with_warmup(opt, settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch)
@@ -89,7 +95,7 @@ def train_expert(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss) * len(idx))
+            losses.append(float(loss.detach()) * len(idx))
         history.append(sum(losses) / len(bags))
     return model, history
 

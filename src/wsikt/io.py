@@ -7,9 +7,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextlib.contextmanager
@@ -37,7 +38,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
-def write_tsv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+def write_tsv(df: "pd.DataFrame", path: str | os.PathLike) -> None:
     """Write a tab-separated table atomically (no index)."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False)

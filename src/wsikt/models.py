@@ -63,13 +63,37 @@ class PoolMIL(nn.Module):
         return {"logits": self.classifier(emb), "embedding": emb}
 
 
-def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25) -> nn.Module:
-    """Instantiate the aggregator registered under ``name`` (config key experts.model)."""
+class Expert(nn.Module):
+    """An aggregator behind a fixed per-feature affine normalisation (identity unless fit).
+
+    The normalisation is part of the expert, so whoever reuses it (transfer, routing) feeds raw
+    encoder features and gets exactly what the expert saw in training.
+    """
+
+    def __init__(self, aggregator: nn.Module, in_dim: int) -> None:
+        super().__init__()
+        self.aggregator = aggregator
+        self.register_buffer("feature_mean", torch.zeros(in_dim))
+        self.register_buffer("feature_std", torch.ones(in_dim))
+
+    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp(min=1e-6))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (x - self.feature_mean) / self.feature_std
+        return self.aggregator(x.masked_fill(~mask.unsqueeze(-1), 0.0), mask)
+
+
+def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25) -> Expert:
+    """Instantiate the aggregator registered under ``name`` (config key experts.model) as an Expert."""
     if name == "abmil":
-        return ABMIL(in_dim, n_bins, dropout=dropout)
-    if name in ("mean", "max"):
-        return PoolMIL(in_dim, n_bins, dropout=dropout, pool=name)
-    raise KeyError(f"unknown aggregator '{name}' (config key experts.model); known: {', '.join(MODELS)}")
+        agg: nn.Module = ABMIL(in_dim, n_bins, dropout=dropout)
+    elif name in ("mean", "max"):
+        agg = PoolMIL(in_dim, n_bins, dropout=dropout, pool=name)
+    else:
+        raise KeyError(f"unknown aggregator '{name}' (config key experts.model); known: {', '.join(MODELS)}")
+    return Expert(agg, in_dim)
 
 
 MODELS = ("abmil", "mean", "max")

@@ -1,5 +1,4 @@
 # Config and sample sheet are validated here, before any job; input functions are named get_<what>.
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -7,11 +6,6 @@ import pandas as pd
 from wsikt.config import validate_config, validate_samples
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
-# Scripts import the wsikt library from this checkout (also under --sdm conda and on SLURM nodes).
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str((Path(workflow.current_basedir) / ".." / ".." / "src").resolve())]
-    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-)
 
 validate_config(config, SCHEMAS / "config.schema.yaml", source="config")
 
@@ -48,15 +42,6 @@ else:
 SAMPLES = SAMPLES.set_index("slide_id", drop=False)
 CANCERS = sorted(SAMPLES["cancer"].unique())
 SLIDES_BY_CANCER = SAMPLES.groupby("cancer")["slide_id"].apply(sorted).to_dict()
-
-
-wildcard_constraints:
-    slide=r"[^/]+",
-    encoder=r"[^/]+",
-    model=r"[^/]+",
-    endpoint=r"[A-Z]+",
-    cancer=r"[^/]+",
-    fold=r"\d+",
 
 
 def get_slide_path(wildcards):
@@ -106,6 +91,7 @@ def get_train_settings():
         warmup_epochs=e["warmup_epochs"],
         alpha=e["alpha"],
         dropout=e["dropout"],
+        feature_norm=e["feature_norm"],
         seed=e["seed"],
         bins_kind=e["bins"]["kind"],
         n_bins=e["bins"]["n_bins"],
@@ -114,5 +100,5 @@ def get_train_settings():
 
 
 def get_final_outputs():
-    """Targets of rule all: the report."""
+    """The final targets (the report), requested by the default target."""
     return ["results/report/index.html"]

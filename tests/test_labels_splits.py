@@ -1,0 +1,209 @@
+"""Survival labels from a TCGA-CDR-style table, and patient-level K-fold splits."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsikt.labels import build_labels, read_clinical
+from wsikt.splits import make_splits
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+# ---------------------------------------------------------------------------------------------
+
+
+def _clinical() -> pd.DataFrame:
+    # TCGA-CDR columns; the CDR writes '[Not Available]' for missing values.
+    rows = [
+        # barcode,       type,   OS, OS.time, DSS,              DSS.time
+        ("TCGA-AA-0001", "BRCA", 1, 400, 1, 400),  # two slides
+        ("TCGA-AA-0002", "BRCA", 0, 1200, "[Not Available]", "[Not Available]"),  # DSS missing
+        ("TCGA-AA-0004", "LUAD", 1, 300, 1, 300),  # duplicated clinical row ...
+        ("TCGA-AA-0004", "LUAD", 1, 310, 1, 310),  # ... here
+        ("TCGA-AA-0005", "LUSC", 0, 900, 0, 900),  # sample sheet says LUAD
+        ("TCGA-AA-0006", "LUAD", 1, -5, 1, -5),  # negative time
+        ("TCGA-AA-0007", "LUAD", 0, 2000, 0, 2000),  # plain censored patient
+        ("TCGA-ZZ-9999", "LUAD", 1, 100, 1, 100),  # not in the sample sheet
+    ]
+    return pd.DataFrame(rows, columns=["bcr_patient_barcode", "type", "OS", "OS.time", "DSS", "DSS.time"])
+
+
+def _samples() -> pd.DataFrame:
+    rows = [
+        ("S1a", "TCGA-AA-0001", "BRCA"),
+        ("S1b", "TCGA-AA-0001", "BRCA"),
+        ("S2", "TCGA-AA-0002", "BRCA"),
+        ("S3", "TCGA-AA-0003", "BRCA"),  # no clinical row
+        ("S4", "TCGA-AA-0004", "LUAD"),
+        ("S5", "TCGA-AA-0005", "LUAD"),
+        ("S6", "TCGA-AA-0006", "LUAD"),
+        ("S7", "TCGA-AA-0007", "LUAD"),
+    ]
+    df = pd.DataFrame(rows, columns=["slide_id", "patient_id", "cancer"])
+    return df.assign(path=[f"/slides/{s}.svs" for s in df["slide_id"]])
+
+
+def _reasons(exclusions: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(exclusions["patient_id"], exclusions["reason"]))
+
+
+def test_build_labels_os():
+    labels, excl = build_labels(_clinical(), _samples(), "OS")
+    assert list(labels.columns) == ["patient_id", "cancer", "time", "event"]
+    # Labelled for OS: 0001 (two slides, one row), 0002 (DSS missing is irrelevant to OS), 0007
+    assert sorted(labels["patient_id"]) == ["TCGA-AA-0001", "TCGA-AA-0002", "TCGA-AA-0007"]
+    assert labels["patient_id"].is_unique
+    row = labels.set_index("patient_id").loc["TCGA-AA-0001"]
+    assert (row["cancer"], row["time"], row["event"]) == ("BRCA", 400.0, 1)
+    row = labels.set_index("patient_id").loc["TCGA-AA-0002"]
+    assert (row["time"], row["event"]) == (1200.0, 0)
+    reasons = _reasons(excl)
+    assert set(reasons) == {"TCGA-AA-0003", "TCGA-AA-0004", "TCGA-AA-0005", "TCGA-AA-0006"}
+    assert reasons["TCGA-AA-0003"] == "no clinical row"
+    assert "several clinical rows" in reasons["TCGA-AA-0004"]
+    assert "LUSC" in reasons["TCGA-AA-0005"] and "type" in reasons["TCGA-AA-0005"]
+    assert "invalid" in reasons["TCGA-AA-0006"]
+    # patients outside the sample sheet appear nowhere
+    assert "TCGA-ZZ-9999" not in set(labels["patient_id"]) | set(reasons)
+
+
+def test_build_labels_dss_excludes_missing_dss():
+    labels, excl = build_labels(_clinical(), _samples(), "DSS")
+    assert "TCGA-AA-0002" not in set(labels["patient_id"])
+    reasons = _reasons(excl)
+    assert "DSS" in reasons["TCGA-AA-0002"] and "missing" in reasons["TCGA-AA-0002"]
+    assert sorted(labels["patient_id"]) == ["TCGA-AA-0001", "TCGA-AA-0007"]
+    # every sample-sheet patient is accounted for exactly once
+    assert len(labels) + len(excl) == _samples()["patient_id"].nunique()
+    assert labels["event"].dtype.kind == "i" and labels["time"].dtype.kind == "f"
+
+
+def test_build_labels_unknown_endpoint_raises():
+    with pytest.raises(ValueError, match="endpoint"):
+        build_labels(_clinical(), _samples(), "EFS")
+
+
+def test_build_labels_endpoint_column_absent_raises():
+    clin = _clinical().drop(columns=["DSS.time"])
+    with pytest.raises(ValueError, match=r"DSS\.time"):
+        build_labels(clin, _samples(), "DSS")
+
+
+def test_read_clinical_missing_type_names_file(tmp_path):
+    path = tmp_path / "cdr.tsv"
+    _clinical().drop(columns=["type"]).to_csv(path, sep="\t", index=False)
+    with pytest.raises(ValueError, match="cdr.tsv") as err:
+        read_clinical(path)
+    assert "type" in str(err.value)
+
+
+def test_read_clinical_reads_tsv_and_csv(tmp_path):
+    for name, sep in (("cdr.tsv", "\t"), ("cdr.csv", ",")):
+        path = tmp_path / name
+        _clinical().to_csv(path, sep=sep, index=False)
+        df = read_clinical(path)
+        assert list(df.columns) == list(_clinical().columns)
+        assert len(df) == 8
+
+
+def test_read_clinical_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="clinical"):
+        read_clinical(tmp_path / "absent.tsv")
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+
+
+def _cohort(n: int, seed: int, event_rate: float = 0.6) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {"patient_id": [f"TCGA-{i:04d}" for i in rng.permutation(n)], "cancer": "BRCA",
+         "time": rng.exponential(1000.0, n).round(1), "event": (rng.random(n) < event_rate).astype(int)}
+    )
+
+
+def test_make_splits_every_patient_once_and_all_folds_used():
+    df = _cohort(37, 1)
+    s = make_splits(df, n_folds=5, seed=42)
+    assert sorted(s["patient_id"]) == sorted(df["patient_id"])
+    assert s["patient_id"].is_unique
+    assert set(s["fold"]) == set(range(5))
+    assert s["fold"].value_counts().min() >= 7  # 37 / 5 → sizes 7 or 8
+    # labels are carried through unchanged
+    merged = s.merge(df, on="patient_id", suffixes=("", "_in"))
+    assert (merged["time"] == merged["time_in"]).all() and (merged["event"] == merged["event_in"]).all()
+
+
+def test_make_splits_deterministic_and_seed_dependent():
+    df = _cohort(40, 2)
+    a = make_splits(df, 5, seed=42)
+    b = make_splits(df.sample(frac=1.0, random_state=0), 5, seed=42)  # input order does not matter
+    pd.testing.assert_frame_equal(a, b)
+    c = make_splits(df, 5, seed=43)
+    assert not a.set_index("patient_id")["fold"].equals(c.set_index("patient_id")["fold"].loc[a["patient_id"]])
+
+
+def test_make_splits_spreads_events():
+    df = _cohort(30, 3, event_rate=0.3)
+    n_events = int(df["event"].sum())
+    assert n_events >= 5
+    s = make_splits(df, 5, seed=42)
+    per_fold = s.groupby("fold")["event"].sum()
+    assert (per_fold >= 1).all()
+    assert per_fold.max() - per_fold.min() <= 1  # stratified by event: as even as possible
+
+
+def test_make_splits_too_few_patients_says_how_to_fix():
+    df = _cohort(3, 4)
+    with pytest.raises(ValueError, match=r"experts\.folds") as err:
+        make_splits(df, 5)
+    assert "BRCA" in str(err.value) and "3 patients" in str(err.value)
+
+
+@pytest.mark.parametrize("n", [10, 13, 17, 24, 31, 45, 60])
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_make_splits_properties(n, seed):
+    rng = np.random.default_rng(1000 * n + seed)
+    df = _cohort(n, seed, event_rate=rng.uniform(0.15, 0.85))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = make_splits(df, 5, seed=seed)
+    assert s["patient_id"].is_unique and len(s) == n
+    assert set(s["fold"]) == set(range(5))
+    sizes = s["fold"].value_counts()
+    assert sizes.max() - sizes.min() <= 2
+
+
+def _few_censored_cohorts():
+    # 13 patients, 10 events and only 3 censored: too few censored patients for a 5-fold
+    # event stratification under the current rule, so the split falls back to plain KFold.
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        event = np.array([1] * 10 + [0] * 3)
+        yield seed, pd.DataFrame(
+            {"patient_id": [f"P{i:02d}" for i in range(13)], "cancer": "RARE",
+             "time": rng.exponential(800.0, 13), "event": rng.permutation(event)}
+        )
+
+
+@pytest.mark.xfail(
+    reason="BUG: make_splits falls back to unstratified KFold when censored patients < n_folds, "
+    "so a fold can get no event although the cohort has ≥ n_folds events",
+    strict=True,
+)
+def test_make_splits_every_fold_has_an_event_when_few_are_censored():
+    failures = []
+    for seed, df in _few_censored_cohorts():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = make_splits(df, 5, seed=seed)
+        per_fold = s.groupby("fold")["event"].sum()
+        if (per_fold == 0).any():
+            failures.append((seed, per_fold.tolist()))
+    assert not failures, f"folds without events (seed, events per fold): {failures}"

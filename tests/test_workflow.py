@@ -1,0 +1,118 @@
+"""Workflow tests: snakemake as a subprocess on a copy of the repo (dry runs, the demo run, reruns)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
+
+pytestmark = pytest.mark.workflow
+
+PREPROCESSING_RULES = {"demo_cohort", "preprocess_slide", "extract_features", "build_labels", "make_splits"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo workflow run end to end once, on 2 cores, in a fresh copy of the repo."""
+    workdir = copy_repo(tmp_path_factory.mktemp("demo"))
+    result = snakemake(workdir, "--cores", "2", "--quiet")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def _summary(workdir: Path) -> pd.DataFrame:
+    return pd.read_csv(workdir / "results/experts/demo/abmil/OS/summary.tsv", sep="\t").set_index("cancer")
+
+
+def test_dry_run_lists_every_stage(tmp_path):
+    workdir = copy_repo(tmp_path / "repo")
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = jobs_in_dry_run(result)
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    n_cancers = len(cfg["demo"]["cancers"])
+    assert jobs["demo_cohort"] == 1
+    assert jobs["preprocess_slide"] == jobs["extract_features"] >= sum(c["n_patients"] for c in cfg["demo"]["cancers"])
+    assert jobs["make_splits"] == n_cancers
+    assert jobs["train_expert"] == n_cancers * cfg["experts"]["folds"]
+    assert jobs["transfer_matrix"] == jobs["report"] == 1
+
+
+def test_lint_is_clean(tmp_path):
+    workdir = copy_repo(tmp_path / "repo")
+    result = snakemake(workdir, "--lint")
+    assert "Congratulations" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda c: c["experts"].__setitem__("epochs", "ten"), "experts.epochs"),
+        (lambda c: c["features"].__setitem__("encoder", "uni_v9"), "features.encoder"),
+        (lambda c: c["experts"].pop("folds"), "experts.folds"),
+        (lambda c: c["experts"].__setitem__("lerning_rate", 0.1), "lerning_rate"),
+        (lambda c: c["preprocess"].__setitem__("min_tissue_fraction", 2), "preprocess.min_tissue_fraction"),
+    ],
+    ids=["wrong-type", "unknown-encoder", "missing-key", "typo-key", "out-of-range"],
+)
+def test_malformed_config_rejected_before_any_job(tmp_path, edit, key):
+    workdir = copy_repo(tmp_path / "repo")
+    path = workdir / "config/config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    edit(cfg)
+    path.write_text(yaml.safe_dump(cfg))
+    result = snakemake(workdir, "--cores", "1")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    error_lines = [line for line in out.splitlines() if "config:" in line and key in line]
+    assert error_lines, out[-3000:]
+    assert not (workdir / "results").exists() and not (workdir / "resources/demo").exists()
+
+
+def test_demo_report_has_both_tables_matching_results(demo_run):
+    html = (demo_run / "results/report/index.html").read_text()
+    summary = _summary(demo_run)
+    expert_table = html.split('id="expert-table"')[1].split("</table>")[0]
+    for cancer, row in summary.iterrows():
+        m = re.search(rf"<td>{cancer}</td><td>\d+</td><td data-c=\"([0-9.]+)\"", expert_table)
+        assert m, f"{cancer} missing from the expert table"
+        assert float(m.group(1)) == pytest.approx(row["c_index_mean"], abs=5e-5)
+    matrix = pd.read_csv(demo_run / "results/transfer/demo/abmil/OS/matrix.tsv", sep="\t")
+    transfer_table = html.split('id="transfer-table"')[1].split("</table>")[0]
+    cells = [float(v) for v in re.findall(r'data-c="([0-9.]+)"', transfer_table)]
+    assert sorted(cells) == pytest.approx(sorted(matrix["c_index_mean"].round(4)), abs=5e-5)
+    assert "data:image/png;base64," in html
+
+
+def test_planted_signal_is_learnt(demo_run):
+    summary = _summary(demo_run)
+    truth = pd.read_csv(demo_run / "resources/demo/truth.tsv", sep="\t")
+    mechanism = truth.groupby("cancer")["mechanism"].first()
+    counts = truth.groupby("cancer").size()
+    planted = [c for c in summary.index if mechanism[c] != "none" and counts[c] >= 20]
+    assert planted, "the demo must have planted, non-rare cancers"
+    for cancer in planted:
+        assert summary.at[cancer, "c_index_mean"] >= 0.65, (cancer, summary.at[cancer, "c_index_mean"])
+    for cancer in (c for c in summary.index if mechanism[c] == "none"):
+        assert abs(summary.at[cancer, "c_index_mean"] - 0.5) <= 0.1, (cancer, summary.at[cancer, "c_index_mean"])
+
+
+def test_second_run_does_nothing(demo_run):
+    result = snakemake(demo_run, "-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-2000:]
+
+
+def test_training_change_reruns_no_preprocessing(demo_run, tmp_path):
+    changed = tmp_path / "changed.yaml"
+    changed.write_text("experts:\n  epochs: 7\n")
+    result = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(changed))
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = jobs_in_dry_run(result)
+    assert jobs.get("train_expert", 0) > 0, result.stdout[-2000:]
+    assert not PREPROCESSING_RULES & set(jobs), jobs
