@@ -156,7 +156,7 @@ def test_extract_features_flags_unreadable_tiles(fixture_slides, tmp_path):
     patches = tmp_path / "unreadable.h5"
     with h5py.File(patches, "w") as f:
         d = f.create_dataset("coords", data=np.array([[0, 0]], dtype=np.int64))
-        d.attrs.update(read_level=0, read_size=16, patch_size=16, target_mpp=0.5)
+        d.attrs.update(read_level=0, read_size=16, patch_size=16, target_patch_size=16, target_mpp=0.5)
     out = tmp_path / "unreadable.features.h5"
     n = extract_features(fixture_slides / "unreadable.svs", patches, out, "demo", batch_size=4, device="cpu")
     assert n == 1
@@ -170,7 +170,7 @@ def test_extract_features_empty_patch_h5(tmp_path, fixture_slides):
     patches = tmp_path / "empty.h5"
     with h5py.File(patches, "w") as f:
         d = f.create_dataset("coords", data=np.zeros((0, 2), dtype=np.int64))
-        d.attrs.update(read_level=0, read_size=256, patch_size=256, target_mpp=0.5)
+        d.attrs.update(read_level=0, read_size=256, patch_size=256, target_patch_size=256, target_mpp=0.5)
     out = tmp_path / "empty.features.h5"
     assert extract_features(fixture_slides / "small.svs", patches, out, "demo", device="cpu") == 0
     with h5py.File(out, "r") as f:

@@ -192,11 +192,6 @@ def _few_censored_cohorts():
         )
 
 
-@pytest.mark.xfail(
-    reason="BUG: make_splits falls back to unstratified KFold when censored patients < n_folds, "
-    "so a fold can get no event although the cohort has ≥ n_folds events",
-    strict=True,
-)
 def test_make_splits_every_fold_has_an_event_when_few_are_censored():
     failures = []
     for seed, df in _few_censored_cohorts():

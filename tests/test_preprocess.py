@@ -151,12 +151,6 @@ def test_slide_mpp_from_generic_tiff_resolution(demo_slide_pair):
         slide.close()
 
 
-@pytest.mark.xfail(
-    reason="BUG: slide_mpp trusts openslide.mpp-x without the 0.05-50 µm/px sanity range it applies to "
-    "tiff.XResolution; a generic TIFF with the 72-dpi placeholder resolution gets mpp 352.8",
-    raises=pytest.fail.Exception,
-    strict=True,
-)
 def test_slide_mpp_rejects_placeholder_tiff_resolution(fixture_slides):
     # boxes.tiff carries XResolution 28.35 px/cm (= 72 dpi, the TIFF default), not a scan resolution.
     slide = open_slide(fixture_slides / "boxes.tiff")
@@ -254,7 +248,9 @@ def test_preprocess_cmu_h5_attrs(cmu_run):
     assert not missing, f"missing attrs {missing}"
     assert attrs["name"] == "CMU-1"
     assert int(attrs["patch_level"]) == 0  # single-level slide
-    assert int(attrs["patch_size"]) == 256
+    # CLAM's meaning: pixels read at patch_level (128 µm at 0.499 µm/px = 257); the encoder sees 256.
+    assert int(attrs["patch_size"]) == int(attrs["read_size"]) == 257
+    assert int(attrs["target_patch_size"]) == 256
     assert tuple(attrs["level_dim"]) == (2220, 2967)
     assert np.allclose(attrs["downsample"], (1.0, 1.0))
     assert int(attrs["level0_width"]) == 2220 and int(attrs["level0_height"]) == 2967
@@ -291,7 +287,7 @@ def test_clam_style_read_of_patch_h5(cmu_run):
     finally:
         wsi.close()
     arr = np.asarray(img)
-    assert arr.shape == (256, 256, 3) and arr.dtype == np.uint8
+    assert arr.shape == (257, 257, 3) and arr.dtype == np.uint8  # CLAM reads patch_size at patch_level
     # A kept patch is mostly tissue: not blank glass, and not uniform.
     assert arr.mean() < 230
     assert arr.std() > 10
@@ -334,12 +330,6 @@ def test_demo_pair_same_20x_grid(pair_runs):
     assert len(um_c40 & um_c20) >= 0.9 * max(len(um_c40), len(um_c20))
 
 
-@pytest.mark.xfail(
-    reason="BUG: 'downsampled_level_dim' is written as the patch-grid count (level_dim // read_size), "
-    "CLAM writes the level dimensions there",
-    raises=AssertionError,
-    strict=True,
-)
 def test_downsampled_level_dim_matches_clam(pair_runs):
     # Not resized (20x slide read at level 0): CLAM's process_contour writes level_dim here.
     _, a20 = _coords_and_attrs(pair_runs[1]["h5"])
@@ -360,12 +350,6 @@ def _write_aperio_1_4(path: Path, rgb: np.ndarray, mpp: float) -> None:
             )
 
 
-@pytest.mark.xfail(
-    reason="BUG: when patches are resized, attrs 'patch_size' is the target size, but CLAM reads "
-    "(patch_size, patch_size) at patch_level, so CLAM's loader reads the wrong field of view",
-    raises=AssertionError,
-    strict=True,
-)
 def test_clam_loader_reads_patch_footprint_on_resized_slide(tmp_path):
     rgb = render_slide(np.random.default_rng(5), 0.25, 512.0, 15.0, (228, 150, 200), 3.0, 1)
     slide_path = tmp_path / "aperio_1_4.svs"
@@ -407,12 +391,6 @@ def test_tcga_preprocess_with_override(fixture_slides, tmp_path):
     assert cv2.imread(str(run["qc"])) is not None
 
 
-@pytest.mark.xfail(
-    reason="BUG: a tile read failure during segmentation escapes as a bare OpenSlideError "
-    "('Bogus marker length') that does not name the slide",
-    raises=openslide.OpenSlideError,
-    strict=True,
-)
 def test_preprocess_unreadable_slide_raises_slide_error_naming_file(fixture_slides, tmp_path):
     path = fixture_slides / "unreadable.svs"
     with pytest.raises(SlideError) as exc:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("Snakefile", "workflow", "config", "profiles", "src", "pyproject.toml")
+COPIED = ("Snakefile", "workflow", "config", "profiles")  # jobs import the installed wsikt
 
 
 def copy_repo(dest: Path) -> Path:

@@ -82,7 +82,7 @@ def extract_features(
     model = model.to(dev)
     if spec.is_cnn and dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    dataset = PatchDataset(slide_path, coords, int(attrs["read_level"]), int(attrs["read_size"]), int(attrs["patch_size"]))
+    dataset = PatchDataset(slide_path, coords, int(attrs["read_level"]), int(attrs["read_size"]), int(attrs["target_patch_size"]))
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,

@@ -66,11 +66,13 @@ def write_patches_h5(
             lw, lh = level_dims[plan.level]
             attrs = {
                 # CLAM
+                # CLAM reads patch_size pixels at patch_level (its meaning; equals the target size
+                # whenever a native level is read). TRIDENT readers use patch_size_level0.
                 "patch_level": plan.level,
-                "patch_size": plan.patch_size,
+                "patch_size": plan.read_size,
                 "downsample": np.array([level0_size[0] / lw, level0_size[1] / lh], dtype=np.float64),
                 "level_dim": np.array([lw, lh], dtype=np.int64),
-                "downsampled_level_dim": np.array([lw // plan.read_size, lh // plan.read_size], dtype=np.int64),
+                "downsampled_level_dim": np.array([lw, lh], dtype=np.int64),
                 "name": slide_name,
                 # TRIDENT
                 "patch_size_level0": plan.footprint,
@@ -84,6 +86,7 @@ def write_patches_h5(
                 "target_mpp": float(target_mpp),
                 "read_level": plan.level,
                 "read_size": plan.read_size,
+                "target_patch_size": plan.patch_size,
                 "level_mpp": float(plan.level_mpp),
                 "resized": bool(plan.resized),
             }

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import openslide
+
+
+_MPP_RANGE = (0.05, 50.0)
 
 
 class SlideError(RuntimeError):
@@ -41,20 +45,18 @@ def slide_mpp(slide: openslide.OpenSlide, override: float | None = None, name: s
             raise SlideError(f"{name}: mpp override {override} must be > 0 (sample sheet column 'mpp')")
         return float(override)
     props = slide.properties
-    for key in (openslide.PROPERTY_NAME_MPP_X, "aperio.MPP"):
-        value = props.get(key)
-        if value:
-            try:
-                mpp = float(value)
-            except ValueError:
-                continue
-            if mpp > 0:
-                return mpp
+    candidates = [props.get(openslide.PROPERTY_NAME_MPP_X), props.get("aperio.MPP")]
     res, unit = props.get("tiff.XResolution"), props.get("tiff.ResolutionUnit")
     if res and unit in ("centimeter", "inch"):
-        per_unit_um = 1e4 if unit == "centimeter" else 25400.0
-        mpp = per_unit_um / float(res)
-        if 0.05 < mpp < 50:
+        with contextlib.suppress(ValueError, ZeroDivisionError):
+            candidates.append((1e4 if unit == "centimeter" else 25400.0) / float(res))
+    for value in candidates:
+        try:
+            mpp = float(value) if value not in (None, "") else None
+        except ValueError:
+            continue
+        # A microscope scan lies in (0.05, 50) µm/px; outside is a placeholder (e.g. TIFF's 72 dpi).
+        if mpp is not None and _MPP_RANGE[0] < mpp < _MPP_RANGE[1]:
             return mpp
     raise MissingMppError(
         f"{name or 'slide'}: no microns-per-pixel metadata (openslide.mpp-x, aperio.MPP, TIFF "

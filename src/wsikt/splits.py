@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ def make_splits(patients: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.
     """Assign each patient (rows: patient_id, time, event) a test fold in [0, n_folds).
 
     Strata: event × time-half (median split) when every stratum has ≥ n_folds patients, else event
-    alone, else unstratified. Deterministic for a given seed and patient order (sorted by id).
+    alone (so every fold gets events even when few patients are censored), else unstratified. Deterministic for a given seed and patient order (sorted by id).
     """
     df = patients.sort_values("patient_id").reset_index(drop=True).copy()
     if len(df) < n_folds:
@@ -22,15 +24,19 @@ def make_splits(patients: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.
         )
     event = df["event"].astype(int).to_numpy()
     late = (df["time"].to_numpy() > np.median(df["time"])).astype(int)
-    strata = None
-    for candidate in (event * 2 + late, event):
-        if np.bincount(candidate).min() >= n_folds and len(np.unique(candidate)) > 1:
-            strata = candidate
-            break
+    joint = event * 2 + late
+    if len(np.unique(joint)) > 1 and np.bincount(joint).min() >= n_folds:
+        strata = joint
+    elif len(np.unique(event)) > 1 and np.bincount(event).max() >= n_folds:
+        strata = event  # events spread over folds even when few patients are censored
+    else:
+        strata = None
     if strata is None:
         folds = KFold(n_folds, shuffle=True, random_state=seed).split(df)
     else:
-        folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(df, strata)
+        with warnings.catch_warnings():  # sklearn warns when the rarer class has < n_folds members
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(df, strata))
     df["fold"] = -1
     for k, (_, test_idx) in enumerate(folds):
         df.loc[test_idx, "fold"] = k

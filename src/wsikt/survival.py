@@ -69,6 +69,7 @@ def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     if event.sum() == 0 or len(time) < 2:
         return float("nan")
     try:
-        return float(concordance_index_censored(event, np.asarray(time, float), np.asarray(risk, float))[0])
+        with np.errstate(invalid="ignore", divide="ignore"):  # tied times only: 0/0 → NaN
+            return float(concordance_index_censored(event, np.asarray(time, float), np.asarray(risk, float))[0])
     except ValueError:  # no comparable pairs
         return float("nan")

@@ -1,0 +1,191 @@
+"""Config and sample-sheet validation: defaults, one-line errors naming the key, schema ↔ registries."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from wsikt.config import ConfigError, validate_config, validate_samples
+from wsikt.encoders import REGISTRY
+from wsikt.models import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SAMPLES_SCHEMA = ROOT / "workflow" / "schemas" / "samples.schema.yaml"
+
+
+@pytest.fixture
+def cfg() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def _error(config: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, SCHEMA)
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def test_default_config_is_valid(cfg):
+    original = copy.deepcopy(cfg)
+    out = validate_config(cfg, SCHEMA)
+    assert out is cfg
+    # values the user gave are untouched
+    assert out["experts"]["lr"] == original["experts"]["lr"] == 1.0e-3
+    assert out["demo"]["cancers"] == original["demo"]["cancers"]
+
+
+def test_defaults_are_filled(cfg):
+    del cfg["experts"]["weight_decay"]
+    del cfg["experts"]["bins"]
+    del cfg["report"]
+    del cfg["preprocess"]["segmentation"]
+    del cfg["features"]["batch_size"]
+    validate_config(cfg, SCHEMA)
+    assert cfg["experts"]["weight_decay"] == 1e-5
+    assert isinstance(cfg["experts"]["weight_decay"], float)  # YAML '1.0e-5' must load as a float
+    assert cfg["experts"]["bins"] == {"kind": "uniform", "n_bins": 32, "width_days": 365}
+    assert cfg["report"] == {"max_qc_images": 12}
+    assert cfg["preprocess"]["segmentation"]["seg_downsample"] == 64
+    assert cfg["preprocess"]["segmentation"]["use_otsu"] is True
+    assert cfg["features"]["batch_size"] == 64
+    assert cfg["samples"] == "config/samples.tsv"
+
+
+def test_defaults_are_not_shared_between_configs(cfg):
+    a, b = copy.deepcopy(cfg), copy.deepcopy(cfg)
+    del a["experts"]["bins"], b["experts"]["bins"]
+    validate_config(a, SCHEMA)
+    validate_config(b, SCHEMA)
+    a["experts"]["bins"]["n_bins"] = 4
+    assert b["experts"]["bins"]["n_bins"] == 32
+
+
+def test_wrong_type(cfg):
+    cfg["experts"]["epochs"] = "ten"
+    msg = _error(cfg)
+    assert "experts.epochs" in msg and "integer" in msg
+
+
+def test_unknown_encoder_lists_allowed(cfg):
+    cfg["features"]["encoder"] = "uni_v9"
+    msg = _error(cfg)
+    assert "features.encoder" in msg and "uni_v9" in msg
+    for name in REGISTRY:
+        assert name in msg
+
+
+def test_missing_required_key(cfg):
+    del cfg["experts"]["folds"]
+    msg = _error(cfg)
+    assert "experts.folds" in msg
+
+
+def test_missing_required_top_level_key(cfg):
+    del cfg["endpoint"]
+    msg = _error(cfg)
+    assert "'endpoint'" in msg
+
+
+def test_unknown_key_typo(cfg):
+    cfg["experts"]["lerning_rate"] = 1e-3
+    msg = _error(cfg)
+    assert "lerning_rate" in msg and "experts" in msg
+
+
+def test_out_of_range(cfg):
+    cfg["preprocess"]["min_tissue_fraction"] = 2
+    msg = _error(cfg)
+    assert "preprocess.min_tissue_fraction" in msg and "maximum" in msg
+
+
+def test_out_of_range_in_filled_section(cfg):
+    cfg["experts"]["bins"]["n_bins"] = 1
+    msg = _error(cfg)
+    assert "experts.bins.n_bins" in msg
+
+
+def test_bad_endpoint(cfg):
+    cfg["endpoint"] = "EFS"
+    msg = _error(cfg)
+    assert "endpoint" in msg and "DSS" in msg
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_non_demo_config_validates(cfg):
+    cfg["demo"] = {"enabled": False}
+    cfg["samples"] = "config/samples.tsv"
+    cfg["clinical"] = "config/clinical.tsv"
+    validate_config(cfg, SCHEMA)
+    assert cfg["demo"]["enabled"] is False
+
+
+def test_schema_enums_match_registries():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    props = schema["properties"]
+    assert set(props["features"]["properties"]["encoder"]["enum"]) == set(REGISTRY)
+    assert list(props["experts"]["properties"]["model"]["enum"]) == list(MODELS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample sheet
+# ---------------------------------------------------------------------------------------------
+
+
+def _samples() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"slide_id": ["TCGA-A1-slide1", "TCGA-A1-slide2", "TCGA-B2-slide1"],
+         "patient_id": ["TCGA-A1", "TCGA-A1", "TCGA-B2"],
+         "cancer": ["BRCA", "BRCA", "LUAD"],
+         "path": ["/data/a1_1.svs", "/data/a1_2.svs", "/data/b2_1.svs"],
+         "mpp": [0.25, float("nan"), 0.5]}
+    )
+
+
+def _samples_error(df: pd.DataFrame) -> str:
+    with pytest.raises(ConfigError) as err:
+        validate_samples(df, SAMPLES_SCHEMA, source="samples.tsv")
+    msg = str(err.value)
+    assert "\n" not in msg and "samples.tsv" in msg
+    return msg
+
+
+def test_valid_sample_sheet_passes():
+    df = _samples()
+    out = validate_samples(df, SAMPLES_SCHEMA, source="samples.tsv")
+    pd.testing.assert_frame_equal(out, _samples())
+
+
+def test_sample_sheet_missing_path_column():
+    msg = _samples_error(_samples().drop(columns=["path"]))
+    assert "'path'" in msg
+
+
+def test_sample_sheet_duplicate_slide_id():
+    df = _samples()
+    df.loc[2, "slide_id"] = "TCGA-A1-slide2"
+    msg = _samples_error(df)
+    assert "TCGA-A1-slide2" in msg and "twice" in msg
+
+
+def test_sample_sheet_bad_mpp_names_row():
+    df = _samples()
+    df.loc[2, "mpp"] = -0.5
+    msg = _samples_error(df)
+    # third data row = line 4 of the TSV (header is line 1)
+    assert "row 4" in msg and "TCGA-B2-slide1" in msg and "mpp" in msg
+
+
+def test_sample_sheet_bad_cancer_code_names_row():
+    df = _samples()
+    df.loc[0, "cancer"] = "BR CA"
+    msg = _samples_error(df)
+    assert "row 2" in msg and "cancer" in msg
