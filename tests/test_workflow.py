@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
+import zipfile
+
+from browser_check import CHROMIUM, check_in_browser
 from workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -116,3 +119,56 @@ def test_training_change_reruns_no_preprocessing(demo_run, tmp_path):
     jobs = jobs_in_dry_run(result)
     assert jobs.get("train_expert", 0) > 0, result.stdout[-2000:]
     assert not PREPROCESSING_RULES & set(jobs), jobs
+
+
+def test_encoder_change_reruns_features_not_preprocessing(demo_run, tmp_path):
+    changed = tmp_path / "encoder.yaml"
+    changed.write_text("features:\n  encoder: resnet50\n  weights: resources/weights/resnet50.safetensors\n")
+    result = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(changed))
+    assert result.returncode == 0, result.stdout[-2000:]
+    jobs = jobs_in_dry_run(result)
+    n_slides = len(pd.read_csv(demo_run / "resources/demo/samples.tsv", sep="\t"))
+    assert jobs["extract_features"] == n_slides
+    assert jobs["train_expert"] > 0 and jobs["transfer_matrix"] == 1
+    assert not {"demo_cohort", "preprocess_slide", "build_labels", "make_splits"} & set(jobs), jobs
+
+
+def test_one_slide_added_reruns_only_it_and_its_cancer(demo_run, tmp_path):
+    """A user-style sample sheet over the demo slides; one new slide of one patient is added."""
+    sheet = pd.read_csv(demo_run / "resources/demo/samples.tsv", sep="\t")
+    own = demo_run / "config/own.yaml"
+    own.write_text(yaml.safe_dump({"demo": {"enabled": False}, "samples": "resources/own/samples.tsv",
+                                   "clinical": "resources/demo/clinical.tsv"}))
+    (demo_run / "resources/own").mkdir(exist_ok=True)
+    sheet.to_csv(demo_run / "resources/own/samples.tsv", sep="\t", index=False)
+    same = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(own))
+    assert same.returncode == 0, same.stdout[-2000:]
+    assert set(jobs_in_dry_run(same)) <= {"report", "all"}, jobs_in_dry_run(same)  # only the shown config changed
+
+    first = sheet.iloc[0]
+    new_path = demo_run / "resources/own/extra.tiff"
+    new_path.symlink_to((demo_run / first["path"]).resolve())
+    extra = dict(first, slide_id=f"{first['patient_id']}-01Z-00-DX9", path=str(new_path.relative_to(demo_run)))
+    pd.concat([sheet, pd.DataFrame([extra])]).to_csv(demo_run / "resources/own/samples.tsv", sep="\t", index=False)
+    added = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(own))
+    assert added.returncode == 0, added.stdout[-2000:]
+    jobs = jobs_in_dry_run(added)
+    folds = yaml.safe_load((demo_run / "config/config.yaml").read_text())["experts"]["folds"]
+    assert jobs["preprocess_slide"] == jobs["extract_features"] == 1
+    assert jobs["build_labels"] == jobs["make_splits"] == 1  # its cancer only
+    assert jobs["train_expert"] == folds
+    assert "demo_cohort" not in jobs
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+def test_demo_report_in_a_real_browser(demo_run, tmp_path):
+    shot = check_in_browser(demo_run / "results/report/index.html", tmp_path)
+    (demo_run / "results/report/screenshot.png").write_bytes(shot.read_bytes())  # kept for a human look
+
+
+def test_snakemake_report_zip(demo_run, tmp_path):
+    out = tmp_path / "report.zip"
+    result = snakemake(demo_run, "--report", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = zipfile.ZipFile(out).namelist()
+    assert any(n.endswith("report.html") for n in names) and any(n.endswith("index.html") for n in names), names

@@ -57,6 +57,15 @@ def _one_line(err: jsonschema.ValidationError, source: str) -> str:
 
 
 SAMPLE_COLUMNS = ("slide_id", "patient_id", "cancer", "path")
+_TEXT_COLUMNS = ("slide_id", "patient_id", "cancer", "path", "file_id", "file_name", "md5")
+
+
+def read_samples(path: str | Path, schema_path: str | Path) -> pd.DataFrame:
+    """Read a sample sheet TSV (id-like columns kept as text, e.g. md5 '00…') and validate it."""
+    if not Path(path).exists():
+        raise ConfigError(f"sample sheet {path} (config key 'samples') not found; create it or set demo.enabled: true")
+    df = pd.read_csv(path, sep="\t", dtype={c: str for c in _TEXT_COLUMNS})
+    return validate_samples(df, schema_path, source=str(path))
 
 
 def validate_samples(samples: pd.DataFrame, schema_path: str | Path, source: str) -> pd.DataFrame:

@@ -28,8 +28,9 @@ class EncoderSpec:
     patch_size: int  # patch side in pixels at ``mpp``
     precision: str  # 'fp32', 'bf16' or 'fp16' under autocast on GPU
     weights: str  # where the weights come from, for users
-    build: Callable[[], nn.Module] = field(repr=False, compare=False)
+    build: Callable[..., nn.Module] = field(repr=False, compare=False)
     is_cnn: bool = False
+    needs_weights: bool = True  # False only for encoders defined by their code (the demo encoder)
 
 
 class DemoEncoder(nn.Module):
@@ -91,13 +92,85 @@ def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), kernel.view(1, 1, -1, 1))
 
 
+class ResNet50Trunk(nn.Module):
+    """ImageNet ResNet-50 truncated after layer3 + global average pool → 1024-d (CLAM's/TRIDENT's resnet50)."""
+
+    TIMM_NAME = "resnet50.tv_in1k"
+
+    def __init__(self, pretrained_hub: bool = False) -> None:
+        super().__init__()
+        import timm  # optional extra 'encoders'
+
+        net = timm.create_model(self.TIMM_NAME, pretrained=pretrained_hub)
+        self.net = net
+
+    def load_full_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load a full ResNet-50 checkpoint (fc included or not); shape mismatches name the key."""
+        own = self.net.state_dict()
+        for key, value in state.items():
+            if key in own and own[key].shape != value.shape:
+                raise ValueError(
+                    f"{source}: weight '{key}' has shape {tuple(value.shape)}, resnet50 expects "
+                    f"{tuple(own[key].shape)}; this checkpoint is not a ResNet-50"
+                )
+        missing = [k for k in own if k not in state and not k.startswith("fc.")]
+        if missing:
+            raise ValueError(f"{source}: {len(missing)} ResNet-50 weights missing (e.g. '{missing[0]}'); not a ResNet-50 checkpoint")
+        self.net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.act1(n.bn1(n.conv1(x))))
+        x = n.layer3(n.layer2(n.layer1(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file or a torch checkpoint (plain or under 'state_dict'/'model')."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: encoder weights not found (config key features.weights)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    obj = torch.load(p, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a state dict (config key features.weights)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _build_resnet50(weights: str | None = None, allow_hub: bool = False) -> nn.Module:
+    if weights:
+        model = ResNet50Trunk(pretrained_hub=False)
+        model.load_full_state_dict(read_state_dict(weights), weights)
+        return model
+    if allow_hub:
+        return ResNet50Trunk(pretrained_hub=True)
+    raise ValueError(
+        "encoder 'resnet50' needs ImageNet weights: set features.weights to a local .safetensors/.pth of "
+        f"timm's {ResNet50Trunk.TIMM_NAME}, or features.hub: true on a machine with internet"
+    )
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 REGISTRY: dict[str, EncoderSpec] = {
     "demo": EncoderSpec(
         name="demo", dim=64, input_size=256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), mpp=0.5,
-        patch_size=256, precision="fp32", weights="none: fixed filters from seed 0", build=DemoEncoder,
+        patch_size=256, precision="fp32", weights="none: fixed filters from seed 0",
+        build=lambda weights=None, allow_hub=False: DemoEncoder(), needs_weights=False,
+    ),
+    "resnet50": EncoderSpec(
+        name="resnet50", dim=1024, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, mpp=0.5,
+        patch_size=256, precision="fp16", weights=f"timm {ResNet50Trunk.TIMM_NAME} (local file or hub)",
+        build=_build_resnet50, is_cnn=True,
     ),
 }
 
@@ -112,10 +185,13 @@ def get_encoder_spec(name: str) -> EncoderSpec:
         ) from None
 
 
-def build_encoder(name: str) -> tuple[nn.Module, EncoderSpec, str]:
-    """Build the encoder in eval mode; check its output dim with a dummy forward; return a weights hash."""
+def build_encoder(name: str, weights: str | None = None, allow_hub: bool = False) -> tuple[nn.Module, EncoderSpec, str]:
+    """Build the encoder in eval mode; check its output dim with a dummy forward; return a weights hash.
+
+    Weights come from ``weights`` (a local file) first, then the hub only when ``allow_hub``.
+    """
     spec = get_encoder_spec(name)
-    model = spec.build().eval()
+    model = spec.build(weights=weights, allow_hub=allow_hub).eval()
     with torch.inference_mode():
         out = model(torch.rand(1, 3, spec.input_size, spec.input_size))
     if out.shape != (1, spec.dim):

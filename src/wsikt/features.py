@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from wsikt.encoders import build_encoder
 from wsikt.io import atomic_path
-from wsikt.slide import SlideError, open_slide, read_region_rgb
+from wsikt.slide import MissingMppError, SlideError, open_slide, read_region_rgb, slide_mpp
 
 log = logging.getLogger("wsikt.features")
 
@@ -57,6 +57,34 @@ class PatchDataset(Dataset):
         return torch.from_numpy(rgb).permute(2, 0, 1), ok
 
 
+def read_geometry(attrs: dict, source: str) -> tuple[int, int, int]:
+    """(level, pixels read at level, pixels the encoder sees) from a patch h5's coords attrs.
+
+    wsikt writes read_level/read_size/target_patch_size; a CLAM h5 has only patch_level and
+    patch_size (read at patch_level, no resize), which is used as is.
+    """
+    try:
+        level = int(attrs["read_level"] if "read_level" in attrs else attrs["patch_level"])
+        read_size = int(attrs["read_size"] if "read_size" in attrs else attrs["patch_size"])
+    except KeyError:
+        raise ValueError(f"{source}: coords lack patch_level/patch_size attrs; re-run patching or add them") from None
+    return level, read_size, int(attrs.get("target_patch_size", read_size))
+
+
+def _patch_mpp(slide_path: str | Path, attrs: dict, level: int, read_size: int, target_size: int) -> float:
+    """µm/px of what the encoder saw: recorded by wsikt's patcher, else derived from the slide (CLAM h5)."""
+    if "target_mpp" in attrs:
+        return float(attrs["target_mpp"])
+    slide = open_slide(slide_path)
+    try:
+        return slide_mpp(slide, name=str(slide_path)) * float(slide.level_downsamples[level]) * read_size / target_size
+    except MissingMppError:
+        log.warning("%s: no mpp metadata; features attr 'mpp' is NaN", slide_path)
+        return float("nan")
+    finally:
+        slide.close()
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' → CUDA when available, else CPU."""
     if device == "auto":
@@ -72,17 +100,20 @@ def extract_features(
     batch_size: int = 64,
     num_workers: int = 0,
     device: str = "auto",
+    weights: str | None = None,
+    allow_hub: bool = False,
 ) -> int:
     """Embed every patch of ``patches_h5`` with ``encoder``; write features and coords atomically."""
     with h5py.File(patches_h5, "r") as f:
         coords = f["coords"][:]
         attrs = dict(f["coords"].attrs)
     dev = resolve_device(device)
-    model, spec, whash = build_encoder(encoder)
+    model, spec, whash = build_encoder(encoder, weights, allow_hub)
     model = model.to(dev)
     if spec.is_cnn and dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    dataset = PatchDataset(slide_path, coords, int(attrs["read_level"]), int(attrs["read_size"]), int(attrs["target_patch_size"]))
+    level, read_size, target_size = read_geometry(attrs, str(patches_h5))
+    dataset = PatchDataset(slide_path, coords, level, read_size, target_size)
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
@@ -117,7 +148,7 @@ def extract_features(
             for k, v in attrs.items():
                 c.attrs[k] = v
             f.create_dataset("flagged", data=flagged)
-            f.attrs.update(encoder=spec.name, dim=spec.dim, mpp=float(attrs["target_mpp"]), weights_hash=whash)
+            f.attrs.update(encoder=spec.name, dim=spec.dim, mpp=_patch_mpp(slide_path, attrs, level, read_size, target_size), weights_hash=whash)
     log.info("%s: %d patches → %s (%s, dim %d, %s)", Path(slide_path).stem, len(coords), out_h5, encoder, spec.dim, dev)
     return len(coords)
 

@@ -418,3 +418,21 @@ def _attempt(
             raise
         if written < expected:
             raise _Retryable(f"body ended after {written} of {expected} bytes")
+
+
+def summarise_downloads(sheet: pd.DataFrame, summaries: dict[str, dict[str, Any]], slide_dir_exists: Callable[[str], bool]) -> pd.DataFrame:
+    """One row per sheet slide: downloaded, resumed, already present, or missing (failed or not run yet).
+
+    ``summaries`` maps slide_id → the JSON a finished download job wrote; ``slide_dir_exists(path)``
+    tells whether the final file is there. Missing slides are the ones to look up in the job logs.
+    """
+    rows = []
+    for row in sheet.itertuples(index=False):
+        s = summaries.get(row.slide_id)
+        if s is not None:
+            status = "already present" if s["bytes_transferred"] == 0 else ("resumed" if s["resumed"] else "downloaded")
+            rows.append((row.slide_id, row.file_id, status, int(s["bytes_transferred"]), int(s["attempts"])))
+        else:
+            status = "present, not verified by a job" if slide_dir_exists(row.path) else "missing (failed or not run)"
+            rows.append((row.slide_id, row.file_id, status, 0, 0))
+    return pd.DataFrame(rows, columns=["slide_id", "file_id", "status", "bytes_transferred", "attempts"])

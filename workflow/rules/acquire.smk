@@ -1,4 +1,4 @@
-# Acquisition: the embedded demo cohort (GDC download comes with the acquisition issue).
+# Acquisition: the embedded demo cohort, or TCGA slides from the GDC API (query once, one job per file).
 
 
 if config["demo"]["enabled"]:
@@ -11,6 +11,8 @@ if config["demo"]["enabled"]:
             truth="resources/demo/truth.tsv",
         log:
             "logs/acquire/demo_cohort.log",
+        benchmark:
+            "results/benchmarks/acquire/demo_cohort.tsv"
         threads: 2
         params:
             demo=config["demo"],
@@ -18,3 +20,68 @@ if config["demo"]["enabled"]:
             "../envs/wsikt.yaml"
         script:
             "../scripts/demo_cohort.py"
+
+
+if not config["demo"]["enabled"] and config["gdc"]["projects"]:
+
+    rule query_gdc:
+        output:
+            samples=config["gdc"]["sample_sheet"],
+            release=str(Path(config["gdc"]["sample_sheet"]).with_suffix(".release.txt")),
+        log:
+            "logs/acquire/query_gdc.log",
+        benchmark:
+            "results/benchmarks/acquire/query_gdc.tsv"
+        params:
+            projects=config["gdc"]["projects"],
+            base_url=config["gdc"]["base_url"],
+            slide_dir=config["gdc"]["slide_dir"],
+            page_size=config["gdc"]["page_size"],
+        conda:
+            "../envs/wsikt.yaml"
+        script:
+            "../scripts/query_gdc.py"
+
+    rule download_slide:
+        output:
+            slide=f"{config['gdc']['slide_dir']}/{{slide}}.svs",
+            summary="results/acquire/downloads/{slide}.json",
+        log:
+            "logs/acquire/download/{slide}.log",
+        benchmark:
+            "results/benchmarks/acquire/download/{slide}.tsv"
+        resources:
+            gdc_connections=1,
+        params:
+            gdc_file=get_gdc_file,
+            base_url=config["gdc"]["base_url"],
+            token_file=config["gdc"]["token_file"],
+            max_retries=config["gdc"]["max_retries"],
+        conda:
+            "../envs/wsikt.yaml"
+        script:
+            "../scripts/download_slide.py"
+
+    rule gdc_download_summary:
+        # Not an input of anything and reads what exists, so it also runs after failed downloads:
+        # `snakemake -f gdc_download_summary` lists downloaded, resumed, present and missing slides.
+        output:
+            "results/acquire/download_summary.tsv",
+        log:
+            "logs/acquire/download_summary.log",
+        params:
+            sheet=config["gdc"]["sample_sheet"],
+            summaries="results/acquire/downloads",
+        conda:
+            "../envs/wsikt.yaml"
+        script:
+            "../scripts/gdc_download_summary.py"
+
+    localrules:
+        query_gdc,
+        gdc_download_summary,
+
+    if config["gdc"]["download_local"]:
+
+        localrules:
+            download_slide,

@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsikt.config import validate_config, validate_samples
+from snakemake.logging import logger
+
+from wsikt.config import read_samples, validate_config
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
 
@@ -26,17 +28,17 @@ if config["demo"]["enabled"]:
     SAMPLES = sample_sheet(DEMO.slides, "resources/demo/slides")
     SAMPLES_TSV = "resources/demo/samples.tsv"
     CLINICAL = "resources/demo/clinical.tsv"
+elif config["gdc"]["projects"]:
+    # The GDC query writes the sample sheet once; until it exists only the query is run.
+    SAMPLES_TSV = config["gdc"]["sample_sheet"]
+    CLINICAL = config["clinical"]
+    if Path(SAMPLES_TSV).exists():
+        SAMPLES = read_samples(SAMPLES_TSV, SCHEMAS / "samples.schema.yaml")
+    else:
+        SAMPLES = pd.DataFrame(columns=["slide_id", "patient_id", "cancer", "path"])
 else:
     SAMPLES_TSV = config["samples"]
-    if not Path(SAMPLES_TSV).exists():
-        raise FileNotFoundError(
-            f"sample sheet {SAMPLES_TSV} (config key 'samples') not found; create it or enable demo"
-        )
-    SAMPLES = validate_samples(
-        pd.read_csv(SAMPLES_TSV, sep="\t", dtype={"slide_id": str, "patient_id": str}),
-        SCHEMAS / "samples.schema.yaml",
-        source=SAMPLES_TSV,
-    )
+    SAMPLES = read_samples(SAMPLES_TSV, SCHEMAS / "samples.schema.yaml")
     CLINICAL = config["clinical"]
 
 SAMPLES = SAMPLES.set_index("slide_id", drop=False)
@@ -55,6 +57,17 @@ def get_mpp_override(wildcards):
         return None
     value = SAMPLES.at[wildcards.slide, "mpp"]
     return None if pd.isna(value) else float(value)
+
+
+def get_cancer_slides(wildcards):
+    """Slide id → patient id for one cancer (a param: adding a slide reruns only its cancer)."""
+    rows = SAMPLES[SAMPLES["cancer"] == wildcards.cancer]
+    return dict(zip(rows["slide_id"], rows["patient_id"]))
+
+
+def get_all_slides(wildcards):
+    """Slide id → [patient id, cancer] for every slide of the cohort."""
+    return {s: [p, c] for s, p, c in SAMPLES[["slide_id", "patient_id", "cancer"]].itertuples(index=False)}
 
 
 def get_cancer_patches(wildcards):
@@ -100,5 +113,18 @@ def get_train_settings():
 
 
 def get_final_outputs():
-    """The final targets (the report), requested by the default target."""
+    """The final targets (the report), requested by the default target.
+
+    With GDC acquisition and no sample sheet yet, only the query runs; the next invocation reads
+    the sheet and builds the per-slide DAG (a checkpoint would re-evaluate 10k-slide DAGs).
+    """
+    if not config["demo"]["enabled"] and config["gdc"]["projects"] and SAMPLES.empty:
+        logger.info(f"No GDC sample sheet yet: this run writes {SAMPLES_TSV}; run snakemake again to process the slides.")
+        return [SAMPLES_TSV]
     return ["results/report/index.html"]
+
+
+def get_gdc_file(wildcards):
+    """GDC file id, md5 and size of one slide, from the recorded sample sheet."""
+    row = SAMPLES.loc[wildcards.slide]
+    return {"file_id": row["file_id"], "md5": row["md5"], "size": int(row["size"])}

@@ -1,17 +1,21 @@
 # Labels, patient-level splits, and per-cancer expert survival models (one job per cancer × fold).
+# Slide lists reach rules as params (not the sample sheet as input): a new slide reruns its cancer only.
 
 
 rule build_labels:
     input:
         clinical=CLINICAL,
-        samples=SAMPLES_TSV,
     output:
-        labels="results/labels/{endpoint}.tsv",
-        excluded="results/labels/{endpoint}.excluded.tsv",
+        labels="results/labels/{endpoint}/{cancer}.tsv",
+        excluded="results/labels/{endpoint}/{cancer}.excluded.tsv",
     log:
-        "logs/labels/{endpoint}.log",
+        "logs/labels/{endpoint}/{cancer}.log",
+    benchmark:
+        "results/benchmarks/labels/{endpoint}/{cancer}.tsv"
     params:
         endpoint="{endpoint}",
+        cancer="{cancer}",
+        slides=get_cancer_slides,
     conda:
         "../envs/wsikt.yaml"
     script:
@@ -20,15 +24,17 @@ rule build_labels:
 
 rule make_splits:
     input:
-        labels="results/labels/{endpoint}.tsv",
-        samples=SAMPLES_TSV,
+        labels="results/labels/{endpoint}/{cancer}.tsv",
         patches=get_cancer_patches,
     output:
         split="results/splits/{endpoint}/{cancer}.tsv",
         excluded="results/splits/{endpoint}/{cancer}.excluded.tsv",
     log:
         "logs/splits/{endpoint}/{cancer}.log",
+    benchmark:
+        "results/benchmarks/splits/{endpoint}/{cancer}.tsv"
     params:
+        slides=get_cancer_slides,
         folds=config["experts"]["folds"],
         seed=config["experts"]["seed"],
     conda:
@@ -40,7 +46,6 @@ rule make_splits:
 rule train_expert:
     input:
         split="results/splits/{endpoint}/{cancer}.tsv",
-        samples=SAMPLES_TSV,
         features=get_cancer_features,
     output:
         model="results/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/model.pt",
@@ -48,10 +53,13 @@ rule train_expert:
         metrics="results/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/metrics.json",
     log:
         "logs/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}.tsv"
     threads: 1
     resources:
         gpu=config["experts"]["gpus"],
     params:
+        slides=get_cancer_slides,
         settings=get_train_settings(),
         device=config["experts"]["device"],
     conda:
@@ -75,6 +83,8 @@ rule summarise_experts:
         ),
     log:
         "logs/experts/{encoder}/{model}/{endpoint}/summary.log",
+    benchmark:
+        "results/benchmarks/experts/{encoder}/{model}/{endpoint}/summary.tsv"
     conda:
         "../envs/wsikt.yaml"
     script:

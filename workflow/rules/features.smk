@@ -9,6 +9,8 @@ rule extract_features:
         "results/features/{encoder}/{slide}.h5",
     log:
         "logs/features/{encoder}/{slide}.log",
+    benchmark:
+        "results/benchmarks/features/{encoder}/{slide}.tsv"
     threads: config["features"]["threads"]
     resources:
         gpu=config["features"]["gpus"],
@@ -16,6 +18,8 @@ rule extract_features:
         batch_size=config["features"]["batch_size"],
         num_workers=config["features"]["num_workers"],
         device=config["features"]["device"],
+        weights=config["features"]["weights"],
+        hub=config["features"]["hub"],
     conda:
         "../envs/wsikt.yaml"
     script:

@@ -10,6 +10,8 @@ rule preprocess_slide:
         qc="results/qc/{slide}.png",
     log:
         "logs/preprocess/{slide}.log",
+    benchmark:
+        "results/benchmarks/preprocess/{slide}.tsv"
     threads: 1
     params:
         mpp_override=get_mpp_override,

@@ -1,25 +1,45 @@
-# The self-contained HTML report.
+# The self-contained HTML report, plus its figures and expert metrics as files for `snakemake --report`.
+# Benchmarks are read by globbing results/benchmarks/ in the job (not listed as inputs): every
+# upstream job has finished and written its benchmark before this rule runs, and a 12k-slide cohort
+# would otherwise add one input per slide and stage. The report's own benchmark is excluded.
+EXPERT_FOLDS = f"results/experts/{ENCODER}/{MODEL}/{ENDPOINT}/{{cancer}}/fold{{fold}}"
 
 
 rule report:
     input:
         summary=f"results/experts/{ENCODER}/{MODEL}/{ENDPOINT}/summary.tsv",
         matrix=f"results/transfer/{ENCODER}/{MODEL}/{ENDPOINT}/matrix.tsv",
-        labels=f"results/labels/{ENDPOINT}.tsv",
+        splits=expand("results/splits/{endpoint}/{cancer}.tsv", endpoint=ENDPOINT, cancer=CANCERS),
         samples=SAMPLES_TSV,
-        excluded=[f"results/labels/{ENDPOINT}.excluded.tsv"]
-        + expand("results/splits/{endpoint}/{cancer}.excluded.tsv", endpoint=ENDPOINT, cancer=CANCERS),
+        excluded=expand(
+            "results/{stage}/{endpoint}/{cancer}.excluded.tsv",
+            stage=["labels", "splits"],
+            endpoint=ENDPOINT,
+            cancer=CANCERS,
+        ),
         qc=expand("results/qc/{slide}.png", slide=SAMPLES["slide_id"]),
+        predictions=expand(f"{EXPERT_FOLDS}/predictions.tsv", cancer=CANCERS, fold=FOLDS),
+        models=expand(f"{EXPERT_FOLDS}/model.pt", cancer=CANCERS, fold=FOLDS),  # bin edges
     output:
-        report("results/report/index.html", caption="../report/index.rst", category="Report"),
+        html=report("results/report/index.html", caption="../report/index.rst", category="Report"),
+        km=report("results/report/kaplan_meier.png", caption="../report/kaplan_meier.rst", category="Experts"),
+        heatmap=report(
+            "results/report/transfer_heatmap.png", caption="../report/transfer_heatmap.rst", category="Transfer"
+        ),
+        metrics=report(
+            "results/report/expert_metrics.tsv", caption="../report/expert_metrics.rst", category="Experts"
+        ),
     log:
         "logs/report/index.log",
+    benchmark:
+        "results/benchmarks/report/index.tsv"
     params:
         config=config,
         endpoint=ENDPOINT,
         encoder=ENCODER,
         model=MODEL,
         max_qc=config["report"]["max_qc_images"],
+        benchmarks="results/benchmarks",
     conda:
         "../envs/wsikt.yaml"
     script:

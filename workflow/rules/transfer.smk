@@ -9,7 +9,6 @@ rule transfer_matrix:
             fold=FOLDS,
         ),
         splits=expand("results/splits/{{endpoint}}/{cancer}.tsv", cancer=CANCERS),
-        samples=SAMPLES_TSV,
         features=get_all_features,
     output:
         folds="results/transfer/{encoder}/{model}/{endpoint}/transfer_folds.tsv",
@@ -20,11 +19,14 @@ rule transfer_matrix:
         ),
     log:
         "logs/transfer/{encoder}/{model}/{endpoint}/matrix.log",
+    benchmark:
+        "results/benchmarks/transfer/{encoder}/{model}/{endpoint}/matrix.tsv"
     threads: 1
     resources:
         gpu=config["experts"]["gpus"],
     params:
         device=config["experts"]["device"],
+        slides=get_all_slides,
         cancers=CANCERS,
         folds=FOLDS,
     conda:

@@ -10,5 +10,5 @@ with log_to(snakemake.log[0]):
     extract_features(
         snakemake.input.slide, snakemake.input.patches, snakemake.output[0],
         encoder=snakemake.wildcards.encoder, batch_size=p.batch_size,
-        num_workers=p.num_workers, device=p.device,
+        num_workers=p.num_workers, device=p.device, weights=p.weights, allow_hub=p.hub,
     )

@@ -1,10 +1,25 @@
-"""Snakemake adapter: render the HTML report."""
+"""Snakemake adapter: render the HTML report (and its figures / metrics table as files)."""
 from wsikt.logs import log_to
 from wsikt.report import build_report
 
 with log_to(snakemake.log[0]):
-    i, p = snakemake.input, snakemake.params
+    i, o, p = snakemake.input, snakemake.output, snakemake.params
     build_report(
-        snakemake.output[0], i.summary, i.matrix, i.labels, i.samples, list(i.excluded), list(i.qc),
-        config=p.config, endpoint=p.endpoint, encoder=p.encoder, model=p.model, max_qc=p.max_qc,
+        o.html,
+        summary_tsv=i.summary,
+        matrix_tsv=i.matrix,
+        split_tsvs=list(i.splits),
+        samples_tsv=i.samples,
+        exclusion_tsvs=list(i.excluded),
+        qc_pngs=list(i.qc),
+        prediction_tsvs=list(i.predictions),  # each sibling model.pt (input 'models') gives bin edges
+        benchmark_dir=p.benchmarks,
+        config=p.config,
+        endpoint=p.endpoint,
+        encoder=p.encoder,
+        model=p.model,
+        max_qc=p.max_qc,
+        out_km_png=o.km,
+        out_heatmap_png=o.heatmap,
+        out_metrics_tsv=o.metrics,
     )

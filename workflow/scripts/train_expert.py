@@ -9,12 +9,13 @@ from wsikt.logs import log_to
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
+    p = snakemake.params
     split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
-    samples = pd.read_csv(snakemake.input.samples, sep="\t", dtype=str)
-    feature_path = {p.split("/")[-1][: -len(".h5")]: p for p in snakemake.input.features}
-    bags = load_patient_bags(list(split["patient_id"]), samples, feature_path)
-    settings = TrainSettings(model=snakemake.wildcards.model, **snakemake.params.settings)
+    slides = pd.DataFrame({"slide_id": list(p.slides), "patient_id": list(p.slides.values())})
+    feature_path = {f.split("/")[-1][: -len(".h5")]: f for f in snakemake.input.features}
+    bags = load_patient_bags(list(split["patient_id"]), slides, feature_path)
+    settings = TrainSettings(model=snakemake.wildcards.model, **p.settings)
     run_expert_fold(
         split, bags, int(snakemake.wildcards.fold), settings, snakemake.output.model,
-        snakemake.output.predictions, snakemake.output.metrics, resolve_device(snakemake.params.device),
+        snakemake.output.predictions, snakemake.output.metrics, resolve_device(p.device),
     )

@@ -39,3 +39,35 @@ def _png(fig: plt.Figure) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def km_panels(groups: dict, endpoint: str = "OS") -> bytes:
+    """One small Kaplan–Meier panel per cancer: predicted low- vs high-risk test patients, log-rank p."""
+    from lifelines import KaplanMeierFitter
+
+    cancers = sorted(groups)
+    ncols = min(3, max(1, len(cancers)))
+    nrows = max(1, -(-len(cancers) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(cancers):]:
+        ax.axis("off")
+    if not cancers:
+        axes.flat[0].text(0.5, 0.5, "no test predictions", ha="center", va="center")
+    for ax, cancer in zip(axes.flat, cancers):
+        g = groups[cancer]
+        for mask, label, color in ((~g.high, "low risk", "#1f77b4"), (g.high, "high risk", "#d62728")):
+            if mask.sum() == 0:
+                continue
+            kmf = KaplanMeierFitter(label=f"{label} (n={int(mask.sum())})")
+            kmf.fit(g.time[mask] / 365.25, g.event[mask])
+            kmf.plot_survival_function(ax=ax, ci_show=False, show_censors=True, color=color,
+                                       censor_styles={"ms": 4, "marker": "|"})
+        p = g.p_value
+        ptxt = "= —" if not np.isfinite(p) else (f"= {p:.2g}" if p >= 1e-4 else "< 0.0001")
+        ax.set_title(f"{cancer}   log-rank p {ptxt}", fontsize=10)
+        ax.set_xlabel("years", fontsize=8)
+        ax.set_ylabel(f"{endpoint} probability", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.85)
+    return _png(fig)

@@ -1,0 +1,123 @@
+"""Acquisition through the workflow: the GDC query writes the sample sheet once; downloads are per-slide jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gdc_server import FakeGDC  # noqa: E402
+
+pytestmark = pytest.mark.workflow
+
+PROJECTS = ["TCGA-AAAA", "TCGA-BBBB"]
+
+
+@pytest.fixture(scope="module")
+def gdc():
+    """A loopback GDC with 2 projects × 3 patients (one patient with two slides) of small random files."""
+    srv = FakeGDC()
+    rng = np.random.default_rng(3)
+    for project in PROJECTS + ["TCGA-CCCC"]:
+        for i in range(3):
+            patient = f"TCGA-{project[-2:]}-{i:04d}"
+            for dx in range(2 if i == 0 else 1):
+                fid = f"{project[-4:].lower()}{i}{dx}-0000-4000-8000-000000000000"
+                srv.add_file(fid, f"{patient}-01Z-00-DX{dx + 1}.{fid.upper()}.svs", project, patient,
+                             data=rng.bytes(int(rng.integers(20_000, 60_000))))
+    srv.thread.start()
+    yield srv
+    srv.shutdown()
+
+
+def _tcga_copy(tmp_path: Path, base_url: str) -> Path:
+    """A repo copy configured by config/tcga.yaml, pointed at the fake GDC, with a small clinical table."""
+    workdir = copy_repo(tmp_path / "repo")
+    cfg = yaml.safe_load((workdir / "config/tcga.yaml").read_text())
+    cfg["gdc"].update(projects=PROJECTS, base_url=base_url)
+    cfg["clinical"] = "resources/tcga/cdr.tsv"
+    (workdir / "config/test_tcga.yaml").write_text(yaml.safe_dump(cfg))
+    (workdir / "resources/tcga").mkdir(parents=True)
+    (workdir / "resources/tcga/cdr.tsv").write_text("bcr_patient_barcode\ttype\tOS\tOS.time\n")
+    return workdir
+
+
+def test_query_runs_once_then_downloads_are_per_slide_jobs(gdc, tmp_path):
+    workdir = _tcga_copy(tmp_path, gdc.url)
+    args = ("--configfile", "config/test_tcga.yaml")
+    first = snakemake(workdir, "--cores", "1", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sheet = pd.read_csv(workdir / "resources/gdc/samples.tsv", sep="\t")
+    assert len(sheet) == 8 and set(sheet["cancer"]) == {"AAAA", "BBBB"}  # TCGA-CCCC not asked for
+    assert sheet.groupby("patient_id").size().max() == 2
+    assert (workdir / "resources/gdc/samples.release.txt").read_text().strip() == gdc.release
+    assert not (workdir / "resources/slides").exists()  # the first run only queries
+
+    dry = snakemake(workdir, "-n", *args)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = jobs_in_dry_run(dry)
+    assert "query_gdc" not in jobs, jobs  # sheet exists, config unchanged → no new query
+    assert jobs["download_slide"] == jobs["preprocess_slide"] == len(sheet)
+
+    slide = sheet["slide_id"].iloc[0]
+    run = snakemake(workdir, f"results/acquire/downloads/{slide}.json", "--cores", "2",
+                    "--resources", "gdc_connections=2", *args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    path = workdir / sheet["path"].iloc[0]
+    assert hashlib.md5(path.read_bytes()).hexdigest() == sheet["md5"].iloc[0]
+    summary = json.loads((workdir / f"results/acquire/downloads/{slide}.json").read_text())
+    assert summary["bytes_transferred"] == sheet["size"].iloc[0] and summary["attempts"] == 1
+
+    summary_run = snakemake(workdir, "gdc_download_summary", "--cores", "1", *args)
+    assert summary_run.returncode == 0, summary_run.stderr[-3000:]
+    table = pd.read_csv(workdir / "results/acquire/download_summary.tsv", sep="\t").set_index("slide_id")
+    assert table.at[slide, "status"] == "downloaded"
+    assert (table["status"] == "missing (failed or not run)").sum() == len(sheet) - 1
+
+    changed = tmp_path / "more_projects.yaml"
+    changed.write_text(yaml.safe_dump({"gdc": {"projects": PROJECTS + ["TCGA-CCCC"]}}))
+    rerun = snakemake(workdir, "-n", "--configfile", "config/test_tcga.yaml", str(changed))
+    assert "query_gdc" in jobs_in_dry_run(rerun), rerun.stdout[-2000:]  # a changed project list re-queries
+
+
+def test_tcga_dry_run_from_recorded_sheet_needs_no_network(tmp_path):
+    """The DAG of a TCGA config is built from a recorded sheet; the unreachable base URL is never used."""
+    workdir = _tcga_copy(tmp_path, "http://127.0.0.1:9")
+    rows = []
+    for c, project in enumerate(PROJECTS):
+        for i in range(6):
+            sid = f"TCGA-{project[-2:]}-{i:04d}-01Z-00-DX1.ABC{c}{i}"
+            rows.append(dict(slide_id=sid, patient_id=sid[:12], cancer=project[5:], path=f"resources/slides/{sid}.svs",
+                             file_id=f"id-{c}-{i}", file_name=f"{sid}.svs", md5="0" * 32, size=1000))
+    (workdir / "resources/gdc").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(workdir / "resources/gdc/samples.tsv", sep="\t", index=False)
+    dry = snakemake(workdir, "-n", "--configfile", "config/test_tcga.yaml")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = jobs_in_dry_run(dry)
+    assert "query_gdc" not in jobs
+    assert jobs["download_slide"] == jobs["preprocess_slide"] == jobs["extract_features"] == 12
+    assert jobs["train_expert"] == 2 * 5
+
+
+def test_labels_from_an_xlsx_cdr_table(tmp_path):
+    """The TCGA-CDR table ships as xlsx; it is read as such, with missing DSS reported, not guessed."""
+    from wsikt.labels import build_labels, read_clinical
+
+    cdr = pd.DataFrame({"bcr_patient_barcode": ["TCGA-AA-0001", "TCGA-AA-0002"], "type": ["AAAA", "AAAA"],
+                        "OS": [1, 0], "OS.time": [400, 1200], "DSS": [1, None], "DSS.time": [400, None]})
+    path = tmp_path / "cdr.xlsx"
+    cdr.to_excel(path, index=False)
+    patients = pd.DataFrame({"patient_id": ["TCGA-AA-0001", "TCGA-AA-0002", "TCGA-AA-0003"], "cancer": "AAAA"})
+    labels, excluded = build_labels(read_clinical(path), patients, "DSS")
+    assert list(labels["patient_id"]) == ["TCGA-AA-0001"]
+    reasons = dict(zip(excluded["patient_id"], excluded["reason"]))
+    assert reasons == {"TCGA-AA-0002": "missing DSS", "TCGA-AA-0003": "no clinical row"}

@@ -1,0 +1,265 @@
+"""The HTML report: its numbers against the result tables and the reference libraries, and a real browser.
+
+Small synthetic result trees are built in tmp_path (no demo run needed). The browser test needs
+Debian's chromium at /usr/bin/chromium and is skipped without it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from browser_check import CHROMIUM, check_in_browser
+
+from wsikt.report.build import build_report, positive_transfer
+from wsikt.report.facts import runtime_per_stage
+from wsikt.report.metrics import (
+    FoldPredictions, bootstrap_c_index, fold_time_metrics, harrell_c_batch, load_fold_predictions,
+    read_inner_edges, risk_groups, survival_at,
+)
+
+ENC, MODEL, EP = "enc", "abmil", "OS"
+N_BINS, WIDTH = 8, 365.0
+
+
+def _predictions(rng, patients, fold_of, k, signal=1.0) -> pd.DataFrame:
+    """All patients of a cancer as one fold's predictions: exponential survival driven by x."""
+    n = len(patients)
+    x = rng.normal(size=n)
+    lam = np.exp(signal * x) / 1500.0
+    t_event = rng.exponential(1 / lam)
+    t_cens = rng.uniform(300, 4000, size=n)
+    time = np.round(np.minimum(t_event, t_cens))
+    event = (t_event <= t_cens).astype(int)
+    ends = (np.arange(N_BINS) + 1) * WIDTH
+    noisy = lam * np.exp(rng.normal(scale=0.5, size=n))
+    surv = np.exp(-noisy[:, None] * ends[None, :])
+    df = pd.DataFrame({"patient_id": patients, "fold": k, "split": np.where(fold_of == k, "test", "train"),
+                       "time": time, "event": event, "risk": -surv.sum(axis=1)})
+    return pd.concat([df, pd.DataFrame(surv, columns=[f"S_{j}" for j in range(N_BINS)])], axis=1)
+
+
+def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds=3, seed=0, with_model_pt=True) -> dict:
+    """A results/ tree shaped like the workflow's, with the arguments build_report needs."""
+    rng = np.random.default_rng(seed)
+    r = root / "results"
+    samples, splits, excl, preds, qc, summary = [], [], [], [], [], []
+    for cancer, n in cancers:
+        patients = [f"{cancer}-{i:03d}" for i in range(n)]
+        fold_of = np.arange(n) % folds
+        rows = []
+        base = _predictions(rng, patients, fold_of, 0)  # labels shared by all folds
+        for k in range(folds):
+            d = r / f"experts/{ENC}/{MODEL}/{EP}/{cancer}/fold{k}"
+            d.mkdir(parents=True)
+            p = _predictions(rng, patients, fold_of, k)
+            p[["time", "event"]] = base[["time", "event"]]
+            p["split"] = np.where(fold_of == k, "test", "train")
+            p.to_csv(d / "predictions.tsv", sep="\t", index=False)
+            preds.append(d / "predictions.tsv")
+            if with_model_pt:
+                import torch
+
+                torch.save({"inner_edges": ((np.arange(1, N_BINS)) * WIDTH).tolist(), "n_bins": N_BINS}, d / "model.pt")
+            test = p[p["split"] == "test"]
+            rows.append(harrell_c_batch(test["time"].to_numpy(), test["event"].to_numpy(), test["risk"].to_numpy())[0])
+        c = np.array(rows)
+        summary.append({"cancer": cancer, "model": MODEL, "n_patients": n, "n_events": int(base["event"].sum()),
+                        "folds": folds, "c_index_mean": float(np.nanmean(c)), "c_index_sd": float(np.nanstd(c, ddof=1)),
+                        "c_index_folds": ",".join(f"{v:.4f}" for v in c)})
+        sp = base[["patient_id", "time", "event"]].assign(cancer=cancer, fold=fold_of)
+        (r / f"splits/{EP}").mkdir(parents=True, exist_ok=True)
+        (r / f"labels/{EP}").mkdir(parents=True, exist_ok=True)
+        sp.to_csv(r / f"splits/{EP}/{cancer}.tsv", sep="\t", index=False)
+        splits.append(r / f"splits/{EP}/{cancer}.tsv")
+        for stage, reason in (("labels", "no OS time in the clinical table"), ("splits", "no usable slide")):
+            e = r / f"{stage}/{EP}/{cancer}.excluded.tsv"
+            pd.DataFrame({"patient_id": [f"{cancer}-X{stage[0]}"], "cancer": [cancer], "reason": [reason]}).to_csv(e, sep="\t", index=False)
+            excl.append(e)
+        (r / "qc").mkdir(exist_ok=True)
+        for i, pid in enumerate(patients):
+            slide = f"{pid}-01Z-00-DX1"
+            samples.append({"slide_id": slide, "patient_id": pid, "cancer": cancer, "path": f"x/{slide}.tiff"})
+            img = np.full((48, 64, 3), 235, np.uint8)
+            img[10:38, 12 + i % 20:40 + i % 20] = (180, 90, 200)
+            import cv2
+
+            cv2.imwrite(str(r / f"qc/{slide}.png"), img)
+            qc.append(r / f"qc/{slide}.png")
+    (r / f"experts/{ENC}/{MODEL}/{EP}").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(summary).to_csv(r / f"experts/{ENC}/{MODEL}/{EP}/summary.tsv", sep="\t", index=False)
+    names = [c for c, _ in cancers]
+    matrix = pd.DataFrame([{"source": s, "target": t, "c_index_mean": float(rng.uniform(0.3, 0.8)),
+                            "c_index_sd": float(rng.uniform(0.01, 0.1)), "n": folds * folds} for s in names for t in names])
+    (r / f"transfer/{ENC}/{MODEL}/{EP}").mkdir(parents=True)
+    matrix.to_csv(r / f"transfer/{ENC}/{MODEL}/{EP}/matrix.tsv", sep="\t", index=False)
+    pd.DataFrame(samples).to_csv(root / "samples.tsv", sep="\t", index=False)
+    for stage, n_jobs, s in (("preprocess", 3, 2.0), ("experts", 4, 5.5), ("report", 1, 99.0)):
+        for j in range(n_jobs):
+            b = r / f"benchmarks/{stage}/sub/{j}.tsv"
+            b.parent.mkdir(parents=True, exist_ok=True)
+            b.write_text(f"s\th:m:s\tmax_rss\n{s + j}\t0:00:01\t10\n")
+    return dict(
+        summary_tsv=r / f"experts/{ENC}/{MODEL}/{EP}/summary.tsv", matrix_tsv=r / f"transfer/{ENC}/{MODEL}/{EP}/matrix.tsv",
+        split_tsvs=splits, samples_tsv=root / "samples.tsv", exclusion_tsvs=excl, qc_pngs=qc, prediction_tsvs=preds,
+        benchmark_dir=r / "benchmarks", config={"endpoint": EP, "demo": {"enabled": True, "seed": 7}, "report": {"max_qc_images": 5}},
+        endpoint=EP, encoder=ENC, model=MODEL, max_qc=5,
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    args = make_tree(root)
+    out = root / "results/report/index.html"
+    numbers = build_report(out, **args, out_km_png=root / "km.png", out_heatmap_png=root / "hm.png",
+                           out_metrics_tsv=root / "metrics.tsv")
+    return root, args, out, out.read_text(), numbers
+
+
+def _table(html: str, table_id: str) -> str:
+    return html.split(f'id="{table_id}"')[1].split("</table>")[0]
+
+
+def test_expert_table_equals_summary_and_ci_contains_mean(built):
+    _, args, _, html, _ = built
+    summary = pd.read_csv(args["summary_tsv"], sep="\t").set_index("cancer")
+    rows = re.findall(r'<tr><td>(\w+)</td><td>(\d+)</td><td data-c="([0-9.]+)">.*?data-lo="([0-9.]+)" data-hi="([0-9.]+)"',
+                      _table(html, "expert-table"))
+    assert [r[0] for r in rows] == list(summary.index)
+    for cancer, n, c, lo, hi in rows:
+        assert int(n) == summary.at[cancer, "n_patients"]
+        assert float(c) == pytest.approx(summary.at[cancer, "c_index_mean"], abs=5e-5)
+        assert float(lo) <= float(c) <= float(hi)
+
+
+def test_transfer_table_and_positive_counts_equal_matrix(built):
+    _, args, _, html, _ = built
+    matrix = pd.read_csv(args["matrix_tsv"], sep="\t")
+    cells = [float(v) for v in re.findall(r'data-c="([0-9.]+)"', _table(html, "transfer-table"))]
+    pivot = matrix.pivot(index="source", columns="target", values="c_index_mean")
+    assert cells == pytest.approx(pivot.to_numpy().ravel().round(4).tolist(), abs=5e-5)
+    counts = re.findall(r'<tr><td>(\w+)</td><td>\d+</td><td data-n05="(\d+)">\d+</td><td data-n06="(\d+)">', _table(html, "positive-table"))
+    for target, n05, n06 in counts:
+        off = matrix[(matrix["target"] == target) & (matrix["source"] != target)]["c_index_mean"]
+        assert (int(n05), int(n06)) == ((off >= 0.5).sum(), (off >= 0.6).sum())
+    assert len(counts) == matrix["target"].nunique()
+    assert positive_transfer(matrix)["n_sources"].eq(matrix["source"].nunique() - 1).all()
+
+
+def test_page_is_self_contained_and_labelled(built):
+    _, _, _, html, _ = built
+    assert not re.search(r'(src|href)="(?!data:|#)', html), "only inline data: images and in-page links"
+    assert "<script" not in html and "@import" not in html and "url(" not in html
+    assert html.count("data:image/png;base64,") == 2 + 5  # KM, heatmap, 5 QC thumbnails
+    assert "Not run in this workflow yet" in html and "synthetic demo cohort" in html
+    for reason in ("no OS time in the clinical table", "no usable slide"):
+        assert reason in html
+    assert re.search(r'data-s="(\d+\.\d+)"', _table(html, "runtime-table"))
+
+
+def test_harrell_c_batch_equals_sksurv():
+    from sksurv.metrics import concordance_index_censored
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        n = 25
+        t = rng.integers(1, 12, n).astype(float)  # many tied times
+        e = rng.random(n) < 0.6
+        r = np.round(rng.normal(size=n), 1)  # tied risks
+        if e.sum() == 0:
+            continue
+        ref = concordance_index_censored(e, t, r)[0]
+        assert harrell_c_batch(t, e, r)[0] == pytest.approx(ref, abs=1e-12)
+
+
+def test_bootstrap_ci_contains_mean_and_is_reproducible(built):
+    _, args, _, _, _ = built
+    folds = [f for f in load_fold_predictions(args["prediction_tsvs"]) if f.cancer == "AAA"]
+    a, b = bootstrap_c_index(folds, n_boot=300, seed=3), bootstrap_c_index(folds, n_boot=300, seed=3)
+    assert (a.low, a.high) == (b.low, b.high)
+    assert a.low <= a.mean <= a.high and a.high - a.low > 0.01 and a.n_valid == 300
+
+
+def test_logrank_p_equals_lifelines(built):
+    from lifelines.statistics import logrank_test
+
+    _, args, _, html, numbers = built
+    folds = [f for f in load_fold_predictions(args["prediction_tsvs"]) if f.cancer == "BBB"]
+    high, time, event = [], [], []
+    for f in folds:
+        t = f.table[f.table["split"] == "test"]
+        high += list(t["risk"] > t["risk"].median())
+        time += list(t["time"])
+        event += list(t["event"])
+    high, time, event = np.array(high), np.array(time), np.array(event)
+    ref = logrank_test(time[high], time[~high], event[high], event[~high]).p_value
+    assert risk_groups(folds).p_value == pytest.approx(ref, rel=1e-12)
+    shown = dict(re.findall(r'<tr><td>(\w+)</td>.*?data-p="([^"]+)"', _table(html, "expert-table")))
+    assert float(shown["BBB"]) == pytest.approx(ref, rel=1e-5)
+
+
+def test_td_auc_and_ibs_equal_sksurv(built):
+    from sksurv.metrics import cumulative_dynamic_auc, integrated_brier_score
+    from sksurv.util import Surv
+
+    _, args, _, html, numbers = built
+    f = next(f for f in load_fold_predictions(args["prediction_tsvs"]) if f.cancer == "AAA" and f.fold == 1)
+    m = fold_time_metrics(f)
+    assert np.isfinite(m.mean_auc) and np.isfinite(m.ibs) and len(m.times) >= 2
+    tr, te = f.train, f.test
+    horizon = tr["time"].max()
+    t_te = np.minimum(te["time"].to_numpy(float), horizon)
+    e_te = te["event"].astype(bool).to_numpy() & (te["time"].to_numpy() <= horizon)
+    y_tr, y_te = Surv.from_arrays(tr["event"].astype(bool), tr["time"]), Surv.from_arrays(e_te, t_te)
+    _, ref_auc = cumulative_dynamic_auc(y_tr, y_te, te["risk"].to_numpy(), m.times)
+    ref_ibs = integrated_brier_score(y_tr, y_te, survival_at(te[f.survival_columns()].to_numpy(), f.inner_edges, m.times), m.times)
+    assert m.mean_auc == pytest.approx(ref_auc, rel=1e-12) and m.ibs == pytest.approx(ref_ibs, rel=1e-12)
+    assert m.times.min() >= t_te[e_te].min() and m.times.max() < min(t_te.max(), horizon)
+    # the page shows the mean over folds of these per-fold values
+    per_fold = [fold_time_metrics(g) for g in load_fold_predictions(args["prediction_tsvs"]) if g.cancer == "AAA"]
+    shown = dict(re.findall(r'<tr><td>(\w+)</td>.*?data-ibs="([^"]+)"', _table(html, "expert-table")))
+    assert float(shown["AAA"]) == pytest.approx(np.mean([p.ibs for p in per_fold]), abs=5e-5)
+
+
+def test_survival_at_is_a_step_function_of_the_bin_edges():
+    surv = np.array([[0.9, 0.7, 0.4]])
+    edges = np.array([365.0, 730.0])
+    got = survival_at(surv, edges, np.array([0, 364, 365, 700, 730, 5000]))
+    assert got.tolist() == [[1.0, 1.0, 0.9, 0.9, 0.7, 0.7]]
+
+
+def test_too_few_events_shows_dash_not_crash(tmp_path):
+    table = pd.DataFrame({"patient_id": list("abcdef"), "fold": 0, "split": ["train"] * 3 + ["test"] * 3,
+                          "time": [100.0, 200, 300, 150, 250, 350], "event": [1, 1, 0, 0, 1, 0],
+                          "risk": [3.0, 2, 1, 2, 1, 0], "S_0": 0.5, "S_1": 0.2})
+    m = fold_time_metrics(FoldPredictions("ZZZ", 0, table, np.array([365.0])))
+    assert np.isnan(m.ibs) and np.isnan(m.mean_auc) and "test events" in m.reason
+
+
+def test_bin_edges_from_checkpoint_or_uniform(tmp_path):
+    import torch
+
+    torch.save({"inner_edges": [10.0, 20.0, 40.0]}, tmp_path / "model.pt")
+    assert read_inner_edges(tmp_path / "model.pt", 4).tolist() == [10.0, 20.0, 40.0]
+    assert read_inner_edges(tmp_path / "absent.pt", 4).tolist() == [365.0, 730.0, 1095.0]
+
+
+def test_runtime_sums_benchmarks_per_stage_without_the_report(built):
+    _, args, _, _, _ = built
+    rt = runtime_per_stage(args["benchmark_dir"]).set_index("stage")
+    assert list(rt.index) == ["preprocess", "experts"]
+    assert rt.at["preprocess", "total_s"] == pytest.approx(2 + 3 + 4) and rt.at["experts", "jobs"] == 4
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+def test_report_in_a_real_browser(built, tmp_path):
+    root, _, html_path, html, _ = built
+    shot = check_in_browser(html_path, tmp_path)
+    print(f"screenshot: {shot}")
