@@ -7,8 +7,6 @@ Debian's chromium at /usr/bin/chromium and is skipped without it.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np

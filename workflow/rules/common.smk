@@ -88,11 +88,6 @@ def get_all_features(wildcards):
     return [f"results/features/{wildcards.encoder}/{s}.h5" for s in SAMPLES["slide_id"]]
 
 
-def get_expert_dir(wildcards):
-    """Prefix of one (encoder, model, endpoint)'s expert outputs."""
-    return f"results/experts/{wildcards.encoder}/{wildcards.model}/{wildcards.endpoint}"
-
-
 def get_train_settings():
     """Expert training settings (config key experts) as the library's TrainSettings fields."""
     e = config["experts"]
