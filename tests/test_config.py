@@ -52,7 +52,10 @@ def test_defaults_are_filled(cfg):
     assert cfg["experts"]["bins"] == {"kind": "uniform", "n_bins": 32, "width_days": 365}
     assert cfg["report"] == {"max_qc_images": 12}
     assert cfg["preprocess"]["segmentation"]["seg_downsample"] == 64
-    assert cfg["preprocess"]["segmentation"]["use_otsu"] is True
+    # CLAM's tcga preset with physical areas; knobs left null come from the preset.
+    assert cfg["preprocess"]["segmentation"]["preset"] == "tcga"
+    assert cfg["preprocess"]["segmentation"]["area_unit"] == "um2"
+    assert cfg["preprocess"]["segmentation"]["use_otsu"] is None
     assert cfg["features"]["batch_size"] == 64
     assert cfg["samples"] == "config/samples.tsv"
 
@@ -189,3 +192,27 @@ def test_sample_sheet_bad_cancer_code_names_row():
     df.loc[0, "cancer"] = "BR CA"
     msg = _samples_error(df)
     assert "row 2" in msg and "cancer" in msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda c: c["preprocess"].update(context_mpp=[0.8]), "preprocess.context_mpp"),
+        (lambda c: c["preprocess"].update(grid="clam"), "preprocess.grid"),
+        (lambda c: c["preprocess"].update(contour_fn="none", min_tissue_fraction=0.0), "preprocess.min_tissue_fraction"),
+        (lambda c: c["preprocess"]["segmentation"].update(mthresh=8), "preprocess.segmentation.mthresh"),
+        (lambda c: c["experts"].update(loss="cox", patients_per_step=8), "experts.patients_per_step"),
+        (lambda c: c["experts"].update(model="crossfusion"), "preprocess.context_mpp"),
+    ],
+)
+def test_inconsistent_keys_rejected_with_the_fix(cfg, edit, key):
+    edit(cfg)
+    with pytest.raises(ConfigError) as exc:
+        validate_config(cfg, SCHEMA)
+    assert key in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_multiscale_model_accepted_when_its_levels_are_patched(cfg):
+    cfg["experts"]["model"] = "crossfusion"
+    cfg["preprocess"]["context_mpp"] = [1.0, 2.0]
+    validate_config(cfg, SCHEMA)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from wsikt.labels import build_labels, read_clinical
-from wsikt.splits import make_splits
+from wsikt.splits import inner_folds, make_splits
+from wsikt.survival import fit_time_bins
 
 # ---------------------------------------------------------------------------------------------
 # Labels
@@ -202,3 +203,87 @@ def test_make_splits_every_fold_has_an_event_when_few_are_censored():
         if (per_fold == 0).any():
             failures.append((seed, per_fold.tolist()))
     assert not failures, f"folds without events (seed, events per fold): {failures}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Nested inner folds and training-only time bins (property tests over random cohorts)
+# ---------------------------------------------------------------------------------------------
+
+
+def _random_cohorts(n_cases: int = 40):
+    """(seed, cohort, n_folds, n_inner): sizes 15–150, event rates 0.1–0.9, rounded (tied) times."""
+    meta = np.random.default_rng(2024)
+    for case in range(n_cases):
+        n = int(meta.integers(15, 150))
+        df = _cohort(n, case, event_rate=float(meta.uniform(0.1, 0.9)))
+        yield case, df, int(meta.integers(2, 6)), int(meta.integers(2, 6))
+
+
+def test_outer_and_inner_fold_properties():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed, df, n_folds, n_inner in _random_cohorts():
+            s = make_splits(df, n_folds, seed=seed)
+            # every patient in exactly one outer fold, no patient twice
+            assert s["patient_id"].is_unique and sorted(s["patient_id"]) == sorted(df["patient_id"])
+            assert set(s["fold"]) == set(range(n_folds))
+            tests = [set(s.loc[s["fold"] == k, "patient_id"]) for k in range(n_folds)]
+            assert sum(len(t) for t in tests) == len(df) and set().union(*tests) == set(df["patient_id"])
+            for k in range(n_folds):
+                inner = inner_folds(s, k, n_inner, seed=seed)
+                train_ids = set(s.loc[s["fold"] != k, "patient_id"])
+                got_ids = set(s.loc[inner.index, "patient_id"])
+                # exactly the outer fold's training patients, each in one inner fold
+                assert got_ids == train_ids and inner.index.is_unique and len(inner) == len(train_ids)
+                assert not got_ids & tests[k]
+                assert set(inner) == set(range(n_inner)) and inner.name == "inner_fold"
+                sizes = inner.value_counts()
+                assert sizes.max() - sizes.min() <= 2
+                # the same seed and patients in another order give the same inner folds
+                shuffled = s.sample(frac=1.0, random_state=seed)
+                again = inner_folds(shuffled, k, n_inner, seed=seed)
+                pd.testing.assert_series_equal(again.loc[inner.index], inner)
+
+
+def test_inner_folds_spread_events():
+    # stratified like the outer split (event × time-half strata, each balanced to ±1 over folds):
+    # every inner fold gets events, within 2 of the others
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in range(10):
+            s = make_splits(_cohort(80, seed, event_rate=0.3), 5, seed=seed)
+            for k in range(5):
+                inner = inner_folds(s, k, 5, seed=seed)
+                per_fold = s.loc[inner.index, "event"].groupby(inner).sum()
+                assert per_fold.min() >= 1 and per_fold.max() - per_fold.min() <= 2, (seed, k, per_fold.tolist())
+
+
+def test_inner_folds_errors_name_the_fix():
+    s = make_splits(_cohort(12, 0), 3, seed=0)
+    with pytest.raises(ValueError, match="outer fold 7"):
+        inner_folds(s, 7, 3)
+    with pytest.raises(ValueError, match="inner folds"):
+        inner_folds(s, 0, 9)  # 8 training patients
+
+
+def test_training_time_bins_ignore_test_patients():
+    # quantile bins fit on each (outer, and nested inner) training set must not move when the
+    # held-out patients' times and events are rewritten
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed, df, n_folds, n_inner in _random_cohorts(25):
+            rng = np.random.default_rng(seed)
+            s = make_splits(df, n_folds, seed=seed)
+            for k in range(n_folds):
+                train = s["fold"] != k
+                if s.loc[train, "event"].sum() < 4:
+                    continue
+                edges = fit_time_bins(s.loc[train, "time"].to_numpy(), s.loc[train, "event"].to_numpy(), "quantile", 4)
+                changed = s.copy()
+                changed.loc[~train, "time"] = rng.uniform(1, 1e5, (~train).sum())
+                changed.loc[~train, "event"] = 1 - changed.loc[~train, "event"]
+                train2 = changed["fold"] != k
+                edges2 = fit_time_bins(changed.loc[train2, "time"].to_numpy(), changed.loc[train2, "event"].to_numpy(), "quantile", 4)
+                np.testing.assert_array_equal(edges, edges2)
+                # the inner split of the training patients does not see the outer test fold either
+                pd.testing.assert_series_equal(inner_folds(s, k, n_inner, seed), inner_folds(changed, k, n_inner, seed))

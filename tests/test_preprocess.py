@@ -15,7 +15,7 @@ import tifffile
 
 from wsikt.demo.render import render_slide, write_pyramid_tiff
 from wsikt.io import atomic_path
-from wsikt.preprocess import preprocess_slide
+from wsikt.preprocess import PatchSettings, preprocess_slide, read_status
 from wsikt.slide import MissingMppError, SlideError, open_slide, plan_read, slide_mpp
 
 CMU = "CMU-1-Small-Region.svs"
@@ -25,15 +25,22 @@ CLAM_ATTRS = ("patch_level", "patch_size", "downsample", "level_dim", "downsampl
 TRIDENT_ATTRS = (
     "patch_size_level0", "level0_magnification", "target_magnification", "overlap", "level0_width", "level0_height",
 )
+# Physical (µm²) area filters, Otsu with a floor: what the demo config uses.
+SEG = dict(seg_downsample=16, use_otsu=True, otsu_min=8, area_unit="um2", a_t=20000, a_h=2000)
 
 
-def _run_preprocess(slide_path: Path, out_dir: Path, slide_id: str, **kwargs) -> dict:
+def _run_preprocess(slide_path: Path, out_dir: Path, slide_id: str, mpp_override=None, on_error="fail", **settings) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings.setdefault("segmentation", SEG)
     paths = dict(
-        geojson=out_dir / f"{slide_id}.geojson", h5=out_dir / f"{slide_id}.h5", qc=out_dir / f"{slide_id}.png"
+        geojson=out_dir / f"{slide_id}.geojson", h5=out_dir / f"{slide_id}.h5",
+        qc_tissue=out_dir / f"{slide_id}.tissue.png", qc=out_dir / f"{slide_id}.patches.png",
     )
-    n = preprocess_slide(slide_path, slide_id, paths["geojson"], paths["h5"], paths["qc"], **kwargs)
-    return dict(n=n, slide=slide_path, **paths)
+    result = preprocess_slide(
+        slide_path, slide_id, paths["geojson"], paths["h5"], paths["qc_tissue"], paths["qc"],
+        PatchSettings(**settings), mpp_override=mpp_override, on_error=on_error,
+    )
+    return dict(n=result.n_patches, result=result, slide=slide_path, **paths)
 
 
 def _coords_and_attrs(h5_path: Path) -> tuple[np.ndarray, dict]:
@@ -43,16 +50,15 @@ def _coords_and_attrs(h5_path: Path) -> tuple[np.ndarray, dict]:
 
 @pytest.fixture(scope="module")
 def cmu_run(fixture_slides, tmp_path_factory) -> dict:
-    return _run_preprocess(
-        fixture_slides / CMU, tmp_path_factory.mktemp("cmu"), "CMU-1", segmentation=dict(seg_downsample=16)
-    )
+    return _run_preprocess(fixture_slides / CMU, tmp_path_factory.mktemp("cmu"), "CMU-1", context_mpp=(2.0,))
 
 
 @pytest.fixture(scope="module")
 def pair_runs(demo_slide_pair, tmp_path_factory) -> tuple[dict, dict]:
     out = tmp_path_factory.mktemp("pair_pre")
     s40, s20 = demo_slide_pair
-    return _run_preprocess(s40, out, "pair40"), _run_preprocess(s20, out, "pair20")
+    # 64-px patches: a few hundred on this 1 mm² tissue, so ±1% is a real tolerance.
+    return _run_preprocess(s40, out, "pair40", patch_size=64), _run_preprocess(s20, out, "pair20", patch_size=64)
 
 
 # --------------------------------------------------------------------------------------- open_slide
@@ -196,11 +202,19 @@ def test_plan_read_picks_coarsest_finer_level_to_resize():
     assert (plan.level, plan.read_size, plan.footprint, plan.resized) == (1, 512, 1024, True)
 
 
-def test_plan_read_footprint_in_level0_pixels_rounds():
-    # CMU-1 is 0.499 µm/px: a 256-px patch at 0.5 µm/px spans 256 × 0.5 / 0.499 = 256.5 → 257 level-0 px.
+def test_plan_read_native_level_reads_patch_size_without_resize():
+    # CMU-1 is 0.499 µm/px: within tolerance of 0.5, so read 256 px natively (as CLAM and TRIDENT do);
+    # the true µm/px of what the encoder sees is recorded.
     plan = plan_read((1.0,), mpp0=0.499, target_mpp=0.5, patch_size=256)
-    assert plan.footprint == round(256 * 0.5 / 0.499) == 257
-    assert plan.level == 0 and plan.read_size == 257 and plan.resized
+    assert (plan.level, plan.read_size, plan.footprint, plan.resized) == (0, 256, 256, False)
+    assert plan.patch_mpp == pytest.approx(0.499)
+
+
+def test_plan_read_honours_a_given_footprint():
+    # A nested 5x level: footprint 4 × 512 on a 40x scan with levels 1, 4, 16 → read level 1 (1 µm/px), halve.
+    plan = plan_read((1.0, 4.0, 16.0), mpp0=0.25, target_mpp=2.0, patch_size=256, footprint=2048)
+    assert (plan.level, plan.read_size, plan.footprint, plan.resized) == (1, 512, 2048, True)
+    assert plan.patch_mpp == pytest.approx(2.0)
 
 
 def test_plan_read_target_finer_than_scan_raises():
@@ -214,6 +228,7 @@ def test_plan_read_target_finer_than_scan_raises():
 def test_preprocess_cmu_geojson(cmu_run):
     obj = json.loads(cmu_run["geojson"].read_text())
     assert obj["type"] == "FeatureCollection"
+    assert obj["properties"]["status"] == "ok" and obj["properties"]["seg_level"] == 0
     polys = [f for f in obj["features"] if f["geometry"]["type"] == "Polygon"]
     assert len(polys) >= 1
     w0, h0 = 2220, 2967
@@ -231,15 +246,58 @@ def test_preprocess_cmu_coords(cmu_run):
     coords, attrs = _coords_and_attrs(cmu_run["h5"])
     assert coords.dtype == np.int64
     assert coords.ndim == 2 and coords.shape[1] == 2
-    assert len(coords) > 0
-    assert cmu_run["n"] == len(coords)
+    assert cmu_run["n"] == len(coords) > 20
     footprint = int(attrs["patch_size_level0"])
-    assert footprint == round(256 * 0.5 / 0.499)  # default patch_size 256 at target 0.5 on a 0.499 scan
+    assert footprint == 256  # 0.499 µm/px is within tolerance of 0.5: read natively
     assert (coords % footprint == 0).all()  # grid anchored at level-0 (0, 0)
     assert (coords >= 0).all()
     assert (coords[:, 0] + footprint <= 2220).all()
     assert (coords[:, 1] + footprint <= 2967).all()
     assert len(np.unique(coords, axis=0)) == len(coords)
+
+
+@pytest.fixture(scope="module")
+def cmu_nested(fixture_slides, tmp_path_factory) -> dict:
+    # 128-px patches: CMU-1 is small, and 5x parents (512 px) must fit wholly inside its tissue.
+    return _run_preprocess(fixture_slides / CMU, tmp_path_factory.mktemp("nest"), "CMU-1", patch_size=128, context_mpp=(2.0,))
+
+
+def test_cmu_20x_and_5x_patches_nest_exactly(cmu_nested, cmu_run):
+    with h5py.File(cmu_run["h5"], "r") as f:
+        assert f["mags/5x/coords"].attrs["patch_size_level0"] == 1024  # 256 px at 5x on a 0.499 scan
+    with h5py.File(cmu_nested["h5"], "r") as f:
+        assert list(f.attrs["magnifications"]) == ["20x", "5x"] and f.attrs["primary"] == "20x"
+        fine, coarse = f["mags/20x/coords"][:], f["mags/5x/coords"][:]
+        parent = f["mags/20x/parent_5x"][:]
+        fine_fp = int(f["mags/20x/coords"].attrs["patch_size_level0"])
+        coarse_fp = int(f["mags/5x/coords"].attrs["patch_size_level0"])
+        assert np.array_equal(fine, f["coords"][:])
+        assert float(f["mags/5x/coords"].attrs["target_mpp"]) == 2.0
+        assert float(f["mags/5x/coords"].attrs["target_magnification"]) == pytest.approx(5.0)
+    assert coarse_fp == 4 * fine_fp == 512  # an exact integer multiple
+    assert (coarse % coarse_fp == 0).all()  # the coarse grid is anchored at (0, 0) too
+    # Every 20x patch lies inside its parent's footprint, in level-0 pixels.
+    p = coarse[parent]
+    assert ((fine >= p) & (fine + fine_fp <= p + coarse_fp)).all()
+    # Parents hold at most 4×4 = 16 children, every parent has one, and a parent lying wholly in
+    # tissue has all 16 (DSCA's 4×4 per 5x patch).
+    counts = np.bincount(parent, minlength=len(coarse))
+    assert counts.max() == 16 and counts.min() >= 1
+    from wsikt.tissue import resolve_segmentation, segment_tissue
+    from wsikt.patching import tissue_fraction
+
+    slide = open_slide(cmu_nested["slide"])
+    try:
+        tissue = segment_tissue(slide, 0.499, resolve_segmentation(SEG))
+    finally:
+        slide.close()
+    within_slide = (coarse[:, 0] + coarse_fp <= 2220) & (coarse[:, 1] + coarse_fp <= 2967)
+    full = (tissue_fraction(tissue, coarse, coarse_fp) >= 0.95) & within_slide
+    assert full.sum() >= 1 and (counts[full] == 16).all()
+    # A parent's children are exactly the kept 20x cells inside it.
+    for k in np.flatnonzero(counts == 16)[:3]:
+        inside = (fine[:, 0] // coarse_fp == coarse[k, 0] // coarse_fp) & (fine[:, 1] // coarse_fp == coarse[k, 1] // coarse_fp)
+        assert np.array_equal(np.flatnonzero(inside), np.flatnonzero(parent == k))
 
 
 def test_preprocess_cmu_h5_attrs(cmu_run):
@@ -248,29 +306,33 @@ def test_preprocess_cmu_h5_attrs(cmu_run):
     assert not missing, f"missing attrs {missing}"
     assert attrs["name"] == "CMU-1"
     assert int(attrs["patch_level"]) == 0  # single-level slide
-    # CLAM's meaning: pixels read at patch_level (128 µm at 0.499 µm/px = 257); the encoder sees 256.
-    assert int(attrs["patch_size"]) == int(attrs["read_size"]) == 257
-    assert int(attrs["target_patch_size"]) == 256
+    assert int(attrs["patch_size"]) == int(attrs["read_size"]) == int(attrs["target_patch_size"]) == 256
+    assert not bool(attrs["resized"]) and float(attrs["patch_mpp"]) == pytest.approx(0.499)
     assert tuple(attrs["level_dim"]) == (2220, 2967)
     assert np.allclose(attrs["downsample"], (1.0, 1.0))
     assert int(attrs["level0_width"]) == 2220 and int(attrs["level0_height"]) == 2967
     assert float(attrs["level0_magnification"]) == pytest.approx(10 / 0.499)
     assert float(attrs["target_magnification"]) == pytest.approx(20.0)
     assert int(attrs["overlap"]) == 0
+    status = read_status(cmu_run["h5"])
+    assert (status.status, status.n_patches, status.mpp) == ("ok", cmu_run["n"], pytest.approx(0.499))
 
 
-def test_preprocess_cmu_qc_png(cmu_run):
-    img = cv2.imread(str(cmu_run["qc"]), cv2.IMREAD_COLOR)
-    assert img is not None
-    # Whole slide thumbnail, longest side capped at qc_max_side=1024 (default), aspect kept.
-    scale = 1024 / max(2220, 2967)
-    assert img.shape == (int(2967 * scale), int(2220 * scale), 3)
+def test_preprocess_cmu_qc_pngs(cmu_run):
+    scale = 1024 / max(2220, 2967)  # longest side capped at qc_max_side=1024, aspect kept
+    tissue, grid = (cv2.imread(str(cmu_run[k]), cv2.IMREAD_COLOR) for k in ("qc_tissue", "qc"))
+    for img in (tissue, grid):
+        assert img is not None and img.shape == (int(2967 * scale), int(2220 * scale), 3)
+    # Contours are drawn in green on the tissue image; the grid image draws dark patch outlines.
+    green = (tissue[..., 1] == 160) & (tissue[..., 0] == 0) & (tissue[..., 2] == 0)
+    assert green.sum() > 100
+    assert ((grid == 30).all(-1)).sum() > cmu_run["n"] * 10
 
 
 def test_preprocess_leaves_no_temp_files(cmu_run):
     out_dir = cmu_run["h5"].parent
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
-        p.name for p in (cmu_run["geojson"], cmu_run["h5"], cmu_run["qc"])
+        p.name for p in (cmu_run["geojson"], cmu_run["h5"], cmu_run["qc"], cmu_run["qc_tissue"])
     )
 
 
@@ -287,12 +349,24 @@ def test_clam_style_read_of_patch_h5(cmu_run):
     finally:
         wsi.close()
     arr = np.asarray(img)
-    assert arr.shape == (257, 257, 3) and arr.dtype == np.uint8  # CLAM reads patch_size at patch_level
+    assert arr.shape == (256, 256, 3) and arr.dtype == np.uint8
     # A kept patch is mostly tissue: not blank glass, and not uniform.
     assert arr.mean() < 230
     assert arr.std() > 10
     sat = cv2.cvtColor(arr, cv2.COLOR_RGB2HSV)[..., 1]
     assert np.median(sat) > 20
+
+
+def test_trident_style_read_of_patch_h5(cmu_run):
+    # TRIDENT reads patch_size_level0 at level 0 (or the best level) and resizes to the target size.
+    with h5py.File(cmu_run["h5"], "r") as f:
+        coords = f["coords"][:]
+        a = f["coords"].attrs
+        size0 = int(a["patch_size_level0"])
+        target_mag, mag0 = float(a["target_magnification"]), float(a["level0_magnification"])
+        w0, h0 = int(a["level0_width"]), int(a["level0_height"])
+    assert size0 * mag0 / target_mag == pytest.approx(256, rel=0.01)
+    assert (coords[:, 0] + size0 <= w0).all() and (coords[:, 1] + size0 <= h0).all()
 
 
 # ---------------------------------------------------------------------------- 40x vs 20x demo pair
@@ -315,19 +389,19 @@ def test_demo_pair_same_20x_grid(pair_runs):
     r40, r20 = pair_runs
     c40, a40 = _coords_and_attrs(r40["h5"])
     c20, a20 = _coords_and_attrs(r20["h5"])
-    assert len(c20) > 0
-    assert abs(len(c40) - len(c20)) <= 0.1 * len(c20)
+    assert len(c20) > 100
+    assert abs(len(c40) - len(c20)) <= 0.01 * len(c20)  # same number of patches ±1%
     # Same physical footprint: patch_size_level0 × level-0 mpp.
     um40 = int(a40["patch_size_level0"]) * float(a40["mpp"])
     um20 = int(a20["patch_size_level0"]) * float(a20["mpp"])
-    assert um40 == pytest.approx(um20) == pytest.approx(256 * 0.5)
+    assert um40 == pytest.approx(um20) == pytest.approx(64 * 0.5)
     # Both reach 20x natively (the 40x pyramid has a 2x level): no resize.
     assert int(a40["patch_level"]) == 1 and not bool(a40["resized"])
     assert int(a20["patch_level"]) == 0 and not bool(a20["resized"])
-    # The grids are the same in µm: most patches coincide.
+    # The grids are the same in µm: the patches coincide.
     um_c40 = {tuple(c) for c in (c40 * 0.25).round().astype(int)}
     um_c20 = {tuple(c) for c in (c20 * 0.5).round().astype(int)}
-    assert len(um_c40 & um_c20) >= 0.9 * max(len(um_c40), len(um_c20))
+    assert len(um_c40 & um_c20) >= 0.99 * max(len(um_c40), len(um_c20))
 
 
 def test_downsampled_level_dim_matches_clam(pair_runs):
@@ -354,7 +428,7 @@ def test_clam_loader_reads_patch_footprint_on_resized_slide(tmp_path):
     rgb = render_slide(np.random.default_rng(5), 0.25, 512.0, 15.0, (228, 150, 200), 3.0, 1)
     slide_path = tmp_path / "aperio_1_4.svs"
     _write_aperio_1_4(slide_path, rgb, 0.25)
-    run = _run_preprocess(slide_path, tmp_path / "out", "a14", segmentation=dict(seg_downsample=4))
+    run = _run_preprocess(slide_path, tmp_path / "out", "a14", segmentation={**SEG, "seg_downsample": 4})
     with h5py.File(run["h5"], "r") as f:
         attrs = dict(f["coords"].attrs)
     assert bool(attrs["resized"])  # no 2x level: read at level 0 and halve
@@ -372,15 +446,15 @@ def test_clam_loader_reads_patch_footprint_on_resized_slide(tmp_path):
 
 
 def test_tcga_preprocess_without_mpp_raises_and_writes_nothing(fixture_slides, tmp_path):
-    with pytest.raises(MissingMppError, match="'mpp' column"):
-        _run_preprocess(fixture_slides / TCGA, tmp_path, "tcga", segmentation=dict(seg_downsample=64))
+    with pytest.raises(MissingMppError) as exc:
+        _run_preprocess(fixture_slides / TCGA, tmp_path, "tcga")
+    msg = str(exc.value)
+    assert "'mpp' column" in msg and "tcga" in msg and "\n" not in msg
     assert list(tmp_path.iterdir()) == []
 
 
 def test_tcga_preprocess_with_override(fixture_slides, tmp_path):
-    run = _run_preprocess(
-        fixture_slides / TCGA, tmp_path, "tcga", mpp_override=0.25, segmentation=dict(seg_downsample=64)
-    )
+    run = _run_preprocess(fixture_slides / TCGA, tmp_path, "tcga", mpp_override=0.25)
     coords, attrs = _coords_and_attrs(run["h5"])
     assert run["n"] == len(coords) > 0
     assert float(attrs["mpp"]) == 0.25
@@ -391,26 +465,105 @@ def test_tcga_preprocess_with_override(fixture_slides, tmp_path):
     assert cv2.imread(str(run["qc"])) is not None
 
 
-def test_preprocess_unreadable_slide_raises_slide_error_naming_file(fixture_slides, tmp_path):
-    path = fixture_slides / "unreadable.svs"
+# ------------------------------------------------------------------- bad inputs: status, not a crash
+
+BAD_INPUTS = [
+    ("unreadable.svs", "failed to read tiles"),
+    ("unopenable.tiff", "OpenSlide failed to open it"),
+    ("broken.svs", "not a slide format OpenSlide can open"),
+    (TCGA, "'mpp' column"),
+]
+
+
+@pytest.mark.parametrize(("name", "message"), BAD_INPUTS)
+def test_bad_input_fails_with_one_line_naming_the_file(fixture_slides, tmp_path, name, message):
+    path = fixture_slides / name
     with pytest.raises(SlideError) as exc:
-        _run_preprocess(path, tmp_path, "unreadable", patch_size=8)
-    assert str(path) in str(exc.value)
+        _run_preprocess(path, tmp_path, "bad", on_error="fail")
+    msg = str(exc.value)
+    assert message in msg and "\n" not in msg
+    assert name in msg
+    assert list(tmp_path.iterdir()) == []  # nothing that looks complete
+
+
+@pytest.mark.parametrize(("name", "message"), BAD_INPUTS)
+def test_bad_input_skipped_gives_status_and_empty_outputs(fixture_slides, tmp_path, caplog, name, message):
+    run = _run_preprocess(fixture_slides / name, tmp_path, "bad", on_error="skip", context_mpp=(2.0,))
+    assert run["result"].status == "failed" and message in run["result"].reason
+    # One clear error line in the log.
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0]
+    status = read_status(run["h5"])
+    assert (status.status, status.n_patches) == ("failed", 0) and message in status.reason
+    with h5py.File(run["h5"], "r") as f:
+        assert f["coords"].shape == (0, 2) and f["mags/5x/coords"].shape == (0, 2)
+        assert f["mags/20x/parent_5x"].shape == (0,)
+    gj = json.loads(run["geojson"].read_text())
+    assert gj["features"] == [] and gj["properties"]["status"] == "failed"
+    assert cv2.imread(str(run["qc"])) is not None
+
+
+def test_mpp_override_rescues_the_tcga_slide_in_skip_mode(fixture_slides, tmp_path):
+    run = _run_preprocess(fixture_slides / TCGA, tmp_path, "tcga", on_error="skip", mpp_override=0.25)
+    assert run["result"].status == "ok" and run["n"] > 0
+
+
+def test_bad_slides_are_excluded_downstream_with_their_reason(fixture_slides, tmp_path):
+    import pandas as pd
+
+    from wsikt.preprocess import usable_patients
+
+    bad = _run_preprocess(fixture_slides / "unreadable.svs", tmp_path, "bad", on_error="skip")
+    good = _run_preprocess(fixture_slides / CMU, tmp_path, "good", on_error="skip")
+    blank_path = tmp_path / "blank.tiff"
+    write_pyramid_tiff(blank_path, np.full((512, 512, 3), 245, np.uint8), 0.5, aperio=False)
+    blank = _run_preprocess(blank_path, tmp_path, "blank", on_error="skip")
+    assert (bad["result"].status, good["result"].status, blank["result"].status) == ("failed", "ok", "no_tissue")
+    slides = pd.DataFrame({"slide_id": ["bad", "good", "blank", "bad2"], "patient_id": ["P1", "P1", "P2", "P3"], "cancer": "X"})
+    paths = {"bad": bad["h5"], "good": good["h5"], "blank": blank["h5"], "bad2": bad["h5"]}
+    keep, excluded = usable_patients(slides, paths)
+    assert keep == {"P1"}  # one usable slide is enough; the other is skipped
+    reasons = dict(zip(excluded["patient_id"], excluded["reason"]))
+    assert set(reasons) == {"P2", "P3"}
+    assert "blank: no_tissue" in reasons["P2"]
+    assert "bad2: failed" in reasons["P3"] and "failed to read tiles" in reasons["P3"]
 
 
 # ----------------------------------------------------------------------------------- blank slide
 
 
-def test_blank_slide_gives_empty_patch_h5(tmp_path):
+def test_blank_slide_gives_empty_patch_h5_with_no_tissue_status(tmp_path):
     slide_path = tmp_path / "blank.tiff"
     write_pyramid_tiff(slide_path, np.full((1024, 1024, 3), 245, np.uint8), 0.5, aperio=False)
-    run = _run_preprocess(slide_path, tmp_path / "out", "blank")
-    assert run["n"] == 0
+    run = _run_preprocess(slide_path, tmp_path / "out", "blank", context_mpp=(2.0,))
+    assert run["n"] == 0 and run["result"].status == "no_tissue"
     coords, attrs = _coords_and_attrs(run["h5"])
     assert coords.shape == (0, 2) and coords.dtype == np.int64
     assert all(k in attrs for k in CLAM_ATTRS + TRIDENT_ATTRS)
+    assert read_status(run["h5"]).status == "no_tissue"
     assert json.loads(run["geojson"].read_text())["features"] == []
     assert cv2.imread(str(run["qc"])) is not None
+
+
+# --------------------------------------------------------------------------- settings validation
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        (dict(contour_fn="corners"), "preprocess.contour_fn"),
+        (dict(grid="diagonal"), "preprocess.grid"),
+        (dict(grid="clam", context_mpp=(2.0,)), "preprocess.grid"),
+    ],
+)
+def test_bad_patch_settings_name_the_key(settings, key):
+    with pytest.raises(ValueError, match=key):
+        PatchSettings(**settings)
+
+
+def test_context_mpp_must_be_an_integer_multiple(fixture_slides, tmp_path):
+    with pytest.raises(ValueError, match="preprocess.context_mpp"):
+        _run_preprocess(fixture_slides / CMU, tmp_path, "cmu", context_mpp=(1.5 * 0.5 + 0.1,))
 
 
 # ------------------------------------------------------------------------------------- atomicity

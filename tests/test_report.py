@@ -156,10 +156,31 @@ def test_page_is_self_contained_and_labelled(built):
     assert not re.search(r'(src|href)="(?!data:|#)', html), "only inline data: images and in-page links"
     assert "<script" not in html and "@import" not in html and "url(" not in html
     assert html.count("data:image/png;base64,") == 2 + 5  # KM, heatmap, 5 QC thumbnails
-    assert "Not run in this workflow yet" in html and "synthetic demo cohort" in html
+    assert "ROUPKT was not run" in html and "synthetic demo cohort" in html
     for reason in ("no OS time in the clinical table", "no usable slide"):
         assert reason in html
     assert re.search(r'data-s="(\d+\.\d+)"', _table(html, "runtime-table"))
+
+
+def test_roupkt_table_compares_with_the_own_expert(built, tmp_path):
+    root, args, _, _, _ = built
+    summary = pd.read_csv(args["summary_tsv"], sep="\t")
+    roupkt = summary.assign(c_index_mean=summary["c_index_mean"] + 0.01 * np.arange(len(summary)), model="roupkt")
+    roupkt.to_csv(tmp_path / "roupkt.tsv", sep="\t", index=False)
+    head = summary.assign(c_index_mean=0.42, model="baseline_head")
+    head.to_csv(tmp_path / "head.tsv", sep="\t", index=False)
+    out = tmp_path / "index.html"
+    numbers = build_report(out, **args, roupkt_summary_tsv=tmp_path / "roupkt.tsv",
+                           baseline_summary_tsvs={"head": tmp_path / "head.tsv"}, roupkt_topk=3)
+    table = numbers["roupkt"].set_index("cancer")
+    for i, row in summary.reset_index(drop=True).iterrows():
+        assert table.at[row["cancer"], "expert"] == row["c_index_mean"]
+        assert table.at[row["cancer"], "delta"] == pytest.approx(0.01 * i)
+        assert table.at[row["cancer"], "head"] == 0.42
+    html = out.read_text()
+    cells = re.findall(r'data-c="(\d\.\d+)"', _table(html, "roupkt-table"))
+    assert [float(c) for c in cells] == pytest.approx(list(table["roupkt"]), abs=1e-4)
+    assert "top-3" in html
 
 
 def test_harrell_c_batch_equals_sksurv():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from wsikt.experts import TrainSettings, load_expert, predict, run_expert_fold, save_expert, train_expert
+from wsikt.aggregators import PRIMARY, model_scales
 from wsikt.models import MODELS, build_model, pad_bags
 from wsikt.survival import (
     assign_bins,
@@ -232,7 +233,7 @@ def _random_bags(seed: int, lengths=(3, 7, 1, 12, 5), dim: int = 8) -> list[torc
     return [torch.randn(n, dim, generator=g) * 2.0 + 1.0 for n in lengths]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [m for m in MODELS if model_scales(m) == (PRIMARY,)])  # multi-scale: test_models.py
 @pytest.mark.parametrize("normalised", [False, True])
 def test_padded_batch_equals_single_bag_forwards(name, normalised):
     torch.manual_seed(0)
@@ -253,10 +254,10 @@ def test_padded_batch_equals_single_bag_forwards(name, normalised):
             out = model(*pad_bags([b]))
             singles.append(out)
             losses.append(nll_loss(torch.sigmoid(out["logits"]), bins[i:i + 1], events[i:i + 1]))
-    assert float(loss_batched) == pytest.approx(float(torch.stack(losses).mean()), abs=1e-6)
+    assert float(loss_batched) == pytest.approx(float(torch.stack(losses).mean()), abs=1e-5)
     for i, out in enumerate(singles):
-        torch.testing.assert_close(batched["embedding"][i], out["embedding"][0], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(batched["logits"][i], out["logits"][0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(batched["embedding"][i], out["embedding"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batched["logits"][i], out["logits"][0], atol=1e-5, rtol=1e-5)
     assert batched["embedding"].shape == (5, 512)
 
 
@@ -272,7 +273,7 @@ def test_abmil_attention_is_zero_on_padding():
 
 def test_build_model_unknown_name_names_config_key():
     with pytest.raises(KeyError, match=r"experts\.model"):
-        build_model("transmil", in_dim=8, n_bins=4)
+        build_model("no_such_aggregator", in_dim=8, n_bins=4)
 
 
 # ---------------------------------------------------------------------------------------------

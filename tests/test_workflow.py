@@ -100,7 +100,7 @@ def test_planted_signal_is_learnt(demo_run):
     planted = [c for c in summary.index if mechanism[c] != "none" and counts[c] >= 20]
     assert planted, "the demo must have planted, non-rare cancers"
     for cancer in planted:
-        assert summary.at[cancer, "c_index_mean"] >= 0.65, (cancer, summary.at[cancer, "c_index_mean"])
+        assert summary.at[cancer, "c_index_mean"] >= 0.70, (cancer, summary.at[cancer, "c_index_mean"])
     for cancer in (c for c in summary.index if mechanism[c] == "none"):
         assert abs(summary.at[cancer, "c_index_mean"] - 0.5) <= 0.1, (cancer, summary.at[cancer, "c_index_mean"])
 
@@ -172,3 +172,93 @@ def test_snakemake_report_zip(demo_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     names = zipfile.ZipFile(out).namelist()
     assert any(n.endswith("report.html") for n in names) and any(n.endswith("index.html") for n in names), names
+
+
+def test_roupkt_change_reruns_only_roupkt_and_report(demo_run, tmp_path):
+    changed = tmp_path / "roupkt.yaml"
+    changed.write_text("roupkt:\n  topk: 2\n")
+    result = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(changed))
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = jobs_in_dry_run(result)
+    assert jobs.get("train_roupkt", 0) > 0, jobs
+    assert set(jobs) <= {"train_roupkt", "summarise_roupkt", "report", "all"}, jobs  # no expert, no embedding
+
+
+def test_roupkt_and_transfer_outputs(demo_run):
+    base = demo_run / "results/roupkt/demo/abmil/OS"
+    summary = pd.read_csv(base / "summary.tsv", sep="\t").set_index("cancer")
+    cancers = pd.read_csv(demo_run / "resources/demo/samples.tsv", sep="\t")["cancer"].unique()
+    assert set(summary.index) == set(cancers)
+    router = pd.read_csv(base / "RARE/fold0/router.tsv", sep="\t")
+    assert len(router) > 0 and router["patient_id"].is_unique
+    positive = pd.read_csv(demo_run / "results/transfer/demo/abmil/OS/positive.tsv", sep="\t")
+    assert set(positive["target"]) == set(cancers)
+    html = (demo_run / "results/report/index.html").read_text()
+    assert 'id="roupkt-table"' in html
+
+
+@pytest.mark.parametrize("model", ["dsca", "transmil"])
+def test_other_aggregators_run_end_to_end(demo_run, model, tmp_path):
+    """DSCA reads the aligned 20x + 5x features the demo writes; TransMIL the 20x ones."""
+    target = f"results/experts/demo/{model}/OS/SHRA/fold0/metrics.json"
+    changed = tmp_path / "model.yaml"
+    changed.write_text(f"experts:\n  model: {model}\n")
+    result = snakemake(demo_run, "--cores", "2", "--quiet", target, "--configfile", "config/config.yaml", str(changed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = yaml.safe_load((demo_run / target).read_text())
+    assert metrics["model"] == model and 0.0 <= metrics["c_index_test"] <= 1.0
+    assert metrics["n_test"] > 0
+
+
+def test_bad_slides_are_recorded_and_the_rest_completes(demo_run, fixture_slides):
+    """Real broken files in a user sample sheet: each gets a status; the cancer's splits still complete."""
+    sheet = pd.read_csv(demo_run / "resources/demo/samples.tsv", sep="\t")
+    bad = {"unreadable.svs": "BAD-0001", "broken.svs": "BAD-0002", "unopenable.tiff": "BAD-0003",
+           "TCGA-CR-7395-01A-01-TS1.svs": "BAD-0004"}
+    rows = [dict(slide_id=Path(name).stem, patient_id=pid, cancer="SHRA", path=str(fixture_slides / name))
+            for name, pid in bad.items()]
+    # the same TCGA slide again, with the mpp override it needs
+    rows.append(dict(slide_id="TCGA-CR-7395-override", patient_id="BAD-0005", cancer="SHRA",
+                     path=str(fixture_slides / "TCGA-CR-7395-01A-01-TS1.svs"), mpp=0.25))
+    (demo_run / "resources/bad").mkdir(exist_ok=True)
+    pd.concat([sheet, pd.DataFrame(rows)]).to_csv(demo_run / "resources/bad/samples.tsv", sep="\t", index=False)
+    clinical = pd.read_csv(demo_run / "resources/demo/clinical.tsv", sep="\t")
+    extra = clinical[clinical["type"] == "SHRA"].head(5).copy()
+    extra["bcr_patient_barcode"] = list(bad.values()) + ["BAD-0005"]
+    pd.concat([clinical, extra]).to_csv(demo_run / "resources/bad/clinical.tsv", sep="\t", index=False)
+    cfg = demo_run / "config/bad.yaml"
+    cfg.write_text(yaml.safe_dump({"demo": {"enabled": False}, "samples": "resources/bad/samples.tsv",
+                                   "clinical": "resources/bad/clinical.tsv"}))
+    result = snakemake(demo_run, "--cores", "2", "--keep-going", "--quiet", "results/splits/OS/SHRA.tsv",
+                       "--configfile", "config/config.yaml", str(cfg))
+    assert result.returncode == 0, result.stderr[-3000:]
+    from wsikt.preprocess import read_status
+
+    status = {s: read_status(demo_run / f"results/patches/{s}.h5") for s in
+              ["unreadable", "broken", "unopenable", "TCGA-CR-7395-01A-01-TS1", "TCGA-CR-7395-override"]}
+    assert {s: r.status for s, r in status.items()} == {
+        "unreadable": "failed", "broken": "failed", "unopenable": "failed", "TCGA-CR-7395-01A-01-TS1": "failed",
+        "TCGA-CR-7395-override": "ok"}
+    assert "'mpp' column" in status["TCGA-CR-7395-01A-01-TS1"].reason
+    log = (demo_run / "logs/preprocess/unreadable.log").read_text()
+    assert "failed to read tiles" in log
+    excluded = pd.read_csv(demo_run / "results/splits/OS/SHRA.excluded.tsv", sep="\t").set_index("patient_id")
+    assert set(excluded.index) == {"BAD-0001", "BAD-0002", "BAD-0003", "BAD-0004"}
+    assert "failed to read tiles" in excluded.at["BAD-0001", "reason"]
+    split = pd.read_csv(demo_run / "results/splits/OS/SHRA.tsv", sep="\t", dtype={"patient_id": str})
+    assert "BAD-0005" in set(split["patient_id"])  # rescued by its override, analysed with the rest
+    assert len(split) == (sheet["cancer"] == "SHRA").groupby(sheet["patient_id"]).any().sum() + 1
+
+
+def test_ingested_features_replace_preprocessing_and_extraction(tmp_path):
+    """features.ingest: bring-your-own CLAM/TRIDENT features start the workflow at the training stage."""
+    workdir = copy_repo(tmp_path / "repo")
+    changed = tmp_path / "ingest.yaml"
+    changed.write_text("features:\n  encoder: uni_v1\n  ingest: /data/clam_uni/\n")
+    result = snakemake(workdir, "-n", "--configfile", "config/config.yaml", str(changed))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    jobs = jobs_in_dry_run(result)
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    assert jobs["ingest_features"] >= sum(c["n_patients"] for c in cfg["demo"]["cancers"])  # one per slide
+    assert "extract_features" not in jobs and "preprocess_slide" not in jobs, jobs
+    assert jobs["train_expert"] > 0

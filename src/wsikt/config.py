@@ -37,7 +37,46 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise ConfigError(_one_line(errors[0], source))
+    check_consistency(config, source)
     return config
+
+
+def check_consistency(config: dict, source: str = "config") -> None:
+    """Rules across keys that a schema cannot state: each raises ConfigError naming the key and the fix."""
+    pre, exp = config.get("preprocess", {}), config.get("experts", {})
+    target, context = pre.get("target_mpp"), pre.get("context_mpp", [])
+    for mpp in context:
+        ratio = mpp / target
+        if round(ratio) < 2 or abs(ratio - round(ratio)) > 1e-6:
+            raise ConfigError(f"{source}: preprocess.context_mpp {mpp} must be an integer multiple (≥2) of "
+                              f"preprocess.target_mpp {target} (e.g. {2 * target:g}, {4 * target:g}) so the levels nest")
+    if context and pre.get("grid") == "clam":
+        raise ConfigError(f"{source}: preprocess.grid 'clam' starts a grid per contour, so levels cannot nest: "
+                          "use grid 'global' with preprocess.context_mpp, or context_mpp: []")
+    if pre.get("contour_fn") == "none" and not pre.get("min_tissue_fraction", 0) > 0:
+        raise ConfigError(f"{source}: preprocess.contour_fn 'none' keeps cells by tissue fraction alone: "
+                          "set preprocess.min_tissue_fraction > 0")
+    mthresh = pre.get("segmentation", {}).get("mthresh")
+    if mthresh is not None and mthresh % 2 == 0:
+        raise ConfigError(f"{source}: preprocess.segmentation.mthresh {mthresh} must be odd (a median-blur kernel)")
+    if "loss" in exp and "patients_per_step" in exp:
+        from wsikt.losses import check_loss_config
+
+        try:
+            check_loss_config(exp["loss"], exp["patients_per_step"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    if "model" in exp and target is not None:
+        from wsikt.aggregators import PRIMARY, model_scales
+        from wsikt.patching import mag_name
+
+        have = {mag_name(target), *(mag_name(m) for m in context)}
+        need = [s for s in model_scales(exp["model"], **exp.get("model_params", {})) if s != PRIMARY]
+        missing = [s for s in need if s not in have]
+        if missing:
+            mpps = ", ".join(f"{10 / float(s[:-1]):g}" for s in missing)
+            raise ConfigError(f"{source}: experts.model '{exp['model']}' reads magnifications {need}, but patches "
+                              f"have only {sorted(have)}: add [{mpps}] to preprocess.context_mpp")
 
 
 def _one_line(err: jsonschema.ValidationError, source: str) -> str:

@@ -35,7 +35,7 @@ def open_slide(path: str | Path) -> openslide.OpenSlide:
             "or remove it from the sample sheet"
         ) from exc
     except openslide.OpenSlideError as exc:
-        raise SlideError(f"{path}: OpenSlide failed to open it ({exc}); the file may be corrupt") from exc
+        raise SlideError(f"{path}: OpenSlide failed to open it ({exc}); the file may be corrupt: re-download it or remove it from the sample sheet") from exc
 
 
 def slide_mpp(slide: openslide.OpenSlide, override: float | None = None, name: str = "") -> float:
@@ -73,8 +73,13 @@ class ReadPlan:
     read_size: int  # side in pixels at ``level``
     patch_size: int  # side in pixels at the target mpp (what the encoder sees)
     footprint: int  # side in level-0 pixels
-    level_mpp: float
+    level_mpp: float  # µm/px of the level read
     resized: bool
+
+    @property
+    def patch_mpp(self) -> float:
+        """µm/px of what the encoder sees (after any resize)."""
+        return self.level_mpp * self.read_size / self.patch_size
 
 
 def plan_read(
@@ -83,36 +88,35 @@ def plan_read(
     target_mpp: float,
     patch_size: int,
     tolerance: float = 0.1,
+    footprint: int | None = None,
 ) -> ReadPlan:
     """Pick the pyramid level to read ``patch_size`` patches at ``target_mpp``.
 
-    A level whose mpp is within ``tolerance`` (relative) of the target is read natively; otherwise the
-    coarsest level finer than the target is read and resized. Footprints are whole level-0 pixels.
+    A level whose mpp is within ``tolerance`` (relative) of the target is read natively: exactly
+    ``patch_size`` pixels, no resize, footprint = patch_size × its downsample (CLAM/TRIDENT do the
+    same). Otherwise the coarsest level finer than the target is read and resized. A given
+    ``footprint`` (level-0 px; coarse levels of a nested set) is honoured: the read size follows it.
     """
     if target_mpp < mpp0 * (1 - tolerance):
         raise SlideError(
             f"target {target_mpp} µm/px is finer than the scan ({mpp0:.4f} µm/px); "
-            "lower preprocess.target_mpp's resolution or use a higher-magnification scan"
+            "raise preprocess.target_mpp or use a higher-magnification scan"
         )
-    footprint = int(round(patch_size * target_mpp / mpp0))
-    best_native = None
-    finer = []
-    for level, ds in enumerate(level_downsamples):
-        level_mpp = mpp0 * ds
-        if abs(level_mpp - target_mpp) <= tolerance * target_mpp:
-            if best_native is None or abs(level_mpp - target_mpp) < abs(
-                mpp0 * level_downsamples[best_native] - target_mpp
-            ):
-                best_native = level
-        elif level_mpp < target_mpp:
-            finer.append(level)
-    if best_native is not None:
-        ds = level_downsamples[best_native]
-        read_size = int(round(footprint / ds))
-        return ReadPlan(best_native, read_size, patch_size, footprint, mpp0 * ds, read_size != patch_size)
+    native = [
+        lv for lv, ds in enumerate(level_downsamples) if abs(mpp0 * ds - target_mpp) <= tolerance * target_mpp
+    ]
+    if native:
+        level = min(native, key=lambda lv: abs(mpp0 * level_downsamples[lv] - target_mpp))
+        ds = level_downsamples[level]
+        fp = footprint if footprint is not None else int(round(patch_size * ds))
+        read_size = int(round(fp / ds))
+        return ReadPlan(level, read_size, patch_size, fp, mpp0 * ds, read_size != patch_size)
+    fp = footprint if footprint is not None else int(round(patch_size * target_mpp / mpp0))
+    finer = [lv for lv, ds in enumerate(level_downsamples) if mpp0 * ds < target_mpp]
     level = max(finer, key=lambda lv: level_downsamples[lv]) if finer else 0
     ds = level_downsamples[level]
-    return ReadPlan(level, int(round(footprint / ds)), patch_size, footprint, mpp0 * ds, True)
+    read_size = int(round(fp / ds))
+    return ReadPlan(level, read_size, patch_size, fp, mpp0 * ds, True)
 
 
 def read_region_rgb(

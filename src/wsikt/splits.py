@@ -4,17 +4,44 @@ from __future__ import annotations
 
 import warnings
 
-import h5py
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold
+
+
+def _strata(df: pd.DataFrame, n_folds: int) -> np.ndarray | None:
+    """Event × time-half when every stratum has ≥ n_folds patients, else event, else None (unstratified)."""
+    event = df["event"].astype(int).to_numpy()
+    late = (df["time"].to_numpy() > np.median(df["time"])).astype(int)
+    joint = event * 2 + late
+    if len(np.unique(joint)) > 1 and np.bincount(joint).min() >= n_folds:
+        return joint
+    if len(np.unique(event)) > 1 and np.bincount(event).max() >= n_folds:
+        return event  # events spread over folds even when few patients are censored
+    return None
+
+
+def _assign_folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    """Fold in [0, n_folds) of each row of ``df`` (already in canonical order), stratified by ``_strata``."""
+    strata = _strata(df, n_folds)
+    if strata is None:
+        folds = KFold(n_folds, shuffle=True, random_state=seed).split(df)
+    else:
+        with warnings.catch_warnings():  # sklearn warns when the rarer class has < n_folds members
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(df, strata))
+    out = np.full(len(df), -1, dtype=np.int64)
+    for k, (_, test_idx) in enumerate(folds):
+        out[test_idx] = k
+    return out
 
 
 def make_splits(patients: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
     """Assign each patient (rows: patient_id, time, event) a test fold in [0, n_folds).
 
     Strata: event × time-half (median split) when every stratum has ≥ n_folds patients, else event
-    alone (so every fold gets events even when few patients are censored), else unstratified. Deterministic for a given seed and patient order (sorted by id).
+    alone (so every fold gets events even when few patients are censored), else unstratified.
+    Deterministic for a given seed and patient set (rows are sorted by id first).
     """
     df = patients.sort_values("patient_id").reset_index(drop=True).copy()
     if len(df) < n_folds:
@@ -22,34 +49,25 @@ def make_splits(patients: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.
             f"cancer {df['cancer'].iloc[0] if len(df) else '?'}: {len(df)} patients cannot fill "
             f"{n_folds} folds; lower experts.folds or drop the cancer from the cohort"
         )
-    event = df["event"].astype(int).to_numpy()
-    late = (df["time"].to_numpy() > np.median(df["time"])).astype(int)
-    joint = event * 2 + late
-    if len(np.unique(joint)) > 1 and np.bincount(joint).min() >= n_folds:
-        strata = joint
-    elif len(np.unique(event)) > 1 and np.bincount(event).max() >= n_folds:
-        strata = event  # events spread over folds even when few patients are censored
-    else:
-        strata = None
-    if strata is None:
-        folds = KFold(n_folds, shuffle=True, random_state=seed).split(df)
-    else:
-        with warnings.catch_warnings():  # sklearn warns when the rarer class has < n_folds members
-            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-            folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(df, strata))
-    df["fold"] = -1
-    for k, (_, test_idx) in enumerate(folds):
-        df.loc[test_idx, "fold"] = k
+    df["fold"] = _assign_folds(df, n_folds, seed)
     return df
 
 
-def patients_with_patches(slides: pd.DataFrame, patch_path: dict[str, str]) -> tuple[set[str], pd.DataFrame]:
-    """Patients with ≥1 patch over their slides, and an exclusion table for the others."""
-    counts: dict[str, int] = {}
-    for row in slides.itertuples():
-        with h5py.File(patch_path[row.slide_id], "r") as f:
-            counts[row.patient_id] = counts.get(row.patient_id, 0) + int(f["coords"].shape[0])
-    keep = {p for p, n in counts.items() if n > 0}
-    excluded = slides[~slides["patient_id"].isin(keep)][["patient_id", "cancer"]].drop_duplicates()
-    excluded = excluded.assign(reason="no tissue patches on any slide")
-    return keep, excluded
+def inner_folds(split_df: pd.DataFrame, outer_fold: int, n_inner: int = 5, seed: int = 42) -> pd.Series:
+    """Nested CV: inner folds in [0, n_inner) for the training patients of one outer fold only.
+
+    Stratified like ``make_splits`` (the time-half median is the training patients' own), so
+    hyper-parameters can be chosen without the outer test fold. Returns a Series named
+    ``inner_fold`` indexed like the training rows of ``split_df`` (the outer fold's test patients
+    are absent); deterministic for a given seed and patient set.
+    """
+    if outer_fold not in set(split_df["fold"]):
+        raise ValueError(f"outer fold {outer_fold} is not in the split (folds {sorted(set(split_df['fold']))})")
+    train = split_df[split_df["fold"] != outer_fold].sort_values("patient_id")
+    if len(train) < n_inner:
+        raise ValueError(
+            f"outer fold {outer_fold}: {len(train)} training patients cannot fill {n_inner} inner folds; "
+            "lower the number of inner folds (experts.inner_folds)"
+        )
+    folds = _assign_folds(train.reset_index(drop=True), n_inner, seed)
+    return pd.Series(folds, index=train.index, name="inner_fold").reindex(split_df.index[split_df["fold"] != outer_fold])

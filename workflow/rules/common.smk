@@ -44,6 +44,7 @@ else:
 SAMPLES = SAMPLES.set_index("slide_id", drop=False)
 CANCERS = sorted(SAMPLES["cancer"].unique())
 SLIDES_BY_CANCER = SAMPLES.groupby("cancer")["slide_id"].apply(sorted).to_dict()
+ROUPKT_TARGETS = CANCERS if config["roupkt"]["targets"] == "all" else sorted(config["roupkt"]["targets"])
 
 
 def get_slide_path(wildcards):
@@ -71,7 +72,9 @@ def get_all_slides(wildcards):
 
 
 def get_cancer_patches(wildcards):
-    """Patch h5 files of every slide of one cancer."""
+    """Patch h5 files of every slide of one cancer (its feature files when features are ingested)."""
+    if config["features"]["ingest"]:
+        return [f"results/features/{ENCODER}/{s}.h5" for s in SLIDES_BY_CANCER[wildcards.cancer]]
     return [f"results/patches/{s}.h5" for s in SLIDES_BY_CANCER[wildcards.cancer]]
 
 
@@ -88,6 +91,21 @@ def get_all_features(wildcards):
     return [f"results/features/{wildcards.encoder}/{s}.h5" for s in SAMPLES["slide_id"]]
 
 
+def get_patch_settings():
+    """Patching settings (config key preprocess) as the library's PatchSettings fields."""
+    p = config["preprocess"]
+    return dict(
+        target_mpp=p["target_mpp"],
+        patch_size=p["patch_size"],
+        mpp_tolerance=p["mpp_tolerance"],
+        context_mpp=tuple(p["context_mpp"]),
+        contour_fn=p["contour_fn"],
+        min_tissue_fraction=p["min_tissue_fraction"],
+        grid=p["grid"],
+        segmentation=p["segmentation"],
+    )
+
+
 def get_train_settings():
     """Expert training settings (config key experts) as the library's TrainSettings fields."""
     e = config["experts"]
@@ -100,11 +118,23 @@ def get_train_settings():
         alpha=e["alpha"],
         dropout=e["dropout"],
         feature_norm=e["feature_norm"],
+        loss=e["loss"],
+        model_params=e["model_params"],
         seed=e["seed"],
         bins_kind=e["bins"]["kind"],
         n_bins=e["bins"]["n_bins"],
         bin_width_days=e["bins"]["width_days"],
     )
+
+
+def get_roupkt_settings():
+    """ROUPKT settings (config key roupkt, minus the target list) as RoupktSettings fields."""
+    return {k: v for k, v in config["roupkt"].items() if k != "targets"}
+
+
+def get_baseline_settings():
+    """Transfer-baseline settings (config key baselines, minus the method list) as BaselineSettings fields."""
+    return {k: v for k, v in config["baselines"].items() if k != "methods"}
 
 
 def get_final_outputs():
@@ -116,7 +146,8 @@ def get_final_outputs():
     if not config["demo"]["enabled"] and config["gdc"]["projects"] and SAMPLES.empty:
         logger.info(f"No GDC sample sheet yet: this run writes {SAMPLES_TSV}; run snakemake again to process the slides.")
         return [SAMPLES_TSV]
-    return ["results/report/index.html"]
+    base = f"results/baselines/{ENCODER}/{MODEL}/{ENDPOINT}"
+    return ["results/report/index.html"] + [f"{base}/{m}/summary.tsv" for m in config["baselines"]["methods"]]
 
 
 def get_gdc_file(wildcards):

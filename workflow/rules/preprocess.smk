@@ -1,4 +1,5 @@
-# Preprocessing: per slide, tissue segmentation, patching at the target mpp, QC image.
+# Preprocessing: per slide, tissue segmentation (CLAM's algorithm and presets), aligned multi-level
+# patching at the target mpp, QC images. A bad slide gets empty outputs with a status (on_error: skip).
 
 
 rule preprocess_slide:
@@ -7,7 +8,8 @@ rule preprocess_slide:
     output:
         tissue="results/tissue/{slide}.geojson",
         patches="results/patches/{slide}.h5",
-        qc="results/qc/{slide}.png",
+        qc_tissue="results/qc/tissue/{slide}.png",
+        qc="results/qc/patches/{slide}.png",
     log:
         "logs/preprocess/{slide}.log",
     benchmark:
@@ -15,11 +17,8 @@ rule preprocess_slide:
     threads: 1
     params:
         mpp_override=get_mpp_override,
-        target_mpp=config["preprocess"]["target_mpp"],
-        patch_size=config["preprocess"]["patch_size"],
-        mpp_tolerance=config["preprocess"]["mpp_tolerance"],
-        min_tissue_fraction=config["preprocess"]["min_tissue_fraction"],
-        segmentation=config["preprocess"]["segmentation"],
+        settings=get_patch_settings(),
+        on_error=config["preprocess"]["on_error"],
     conda:
         "../envs/wsikt.yaml"
     script:

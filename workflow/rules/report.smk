@@ -9,6 +9,10 @@ rule report:
     input:
         summary=f"results/experts/{ENCODER}/{MODEL}/{ENDPOINT}/summary.tsv",
         matrix=f"results/transfer/{ENCODER}/{MODEL}/{ENDPOINT}/matrix.tsv",
+        roupkt=f"results/roupkt/{ENCODER}/{MODEL}/{ENDPOINT}/summary.tsv" if ROUPKT_TARGETS else [],
+        baselines=expand(
+            f"results/baselines/{ENCODER}/{MODEL}/{ENDPOINT}/{{method}}/summary.tsv", method=config["baselines"]["methods"]
+        ),
         splits=expand("results/splits/{endpoint}/{cancer}.tsv", endpoint=ENDPOINT, cancer=CANCERS),
         samples=SAMPLES_TSV,
         excluded=expand(
@@ -17,7 +21,7 @@ rule report:
             endpoint=ENDPOINT,
             cancer=CANCERS,
         ),
-        qc=expand("results/qc/{slide}.png", slide=SAMPLES["slide_id"]),
+        qc=[] if config["features"]["ingest"] else expand("results/qc/patches/{slide}.png", slide=SAMPLES["slide_id"]),
         predictions=expand(f"{EXPERT_FOLDS}/predictions.tsv", cancer=CANCERS, fold=FOLDS),
         models=expand(f"{EXPERT_FOLDS}/model.pt", cancer=CANCERS, fold=FOLDS),  # bin edges
     output:
@@ -39,6 +43,8 @@ rule report:
         encoder=ENCODER,
         model=MODEL,
         max_qc=config["report"]["max_qc_images"],
+        roupkt_topk=config["roupkt"]["topk"],
+        baseline_methods=config["baselines"]["methods"],
         benchmarks="results/benchmarks",
     conda:
         "../envs/wsikt.yaml"

@@ -1,4 +1,4 @@
-"""Snakemake adapter: embed one slide's patches with one encoder."""
+"""Snakemake adapter: embed one slide's patches (all magnifications) with one encoder."""
 import torch
 
 from wsikt.features import extract_features
@@ -11,4 +11,5 @@ with log_to(snakemake.log[0]):
         snakemake.input.slide, snakemake.input.patches, snakemake.output[0],
         encoder=snakemake.wildcards.encoder, batch_size=p.batch_size,
         num_workers=p.num_workers, device=p.device, weights=p.weights, allow_hub=p.hub,
+        precision=p.get("precision"), compile=p.get("compile", False), prefetch=p.get("prefetch", 2),
     )

@@ -1,12 +1,10 @@
-"""Snakemake adapter: segment and patch one slide."""
+"""Snakemake adapter: segment and patch one slide (a bad slide → empty outputs with its status)."""
 from wsikt.logs import log_to
-from wsikt.preprocess import preprocess_slide
+from wsikt.preprocess import PatchSettings, preprocess_slide
 
 with log_to(snakemake.log[0]):
-    p = snakemake.params
+    o, p = snakemake.output, snakemake.params
     preprocess_slide(
-        snakemake.input.slide, snakemake.wildcards.slide, snakemake.output.tissue,
-        snakemake.output.patches, snakemake.output.qc, mpp_override=p.mpp_override,
-        target_mpp=p.target_mpp, patch_size=p.patch_size, mpp_tolerance=p.mpp_tolerance,
-        min_tissue_fraction=p.min_tissue_fraction, segmentation=p.segmentation,
+        snakemake.input.slide, snakemake.wildcards.slide, o.tissue, o.patches, o.qc_tissue, o.qc,
+        PatchSettings(**p.settings), mpp_override=p.mpp_override, on_error=p.on_error,
     )

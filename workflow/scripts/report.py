@@ -22,4 +22,7 @@ with log_to(snakemake.log[0]):
         out_km_png=o.km,
         out_heatmap_png=o.heatmap,
         out_metrics_tsv=o.metrics,
+        roupkt_summary_tsv=i.roupkt or None,
+        baseline_summary_tsvs=dict(zip(p.baseline_methods, i.baselines)),
+        roupkt_topk=p.roupkt_topk,
     )

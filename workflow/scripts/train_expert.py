@@ -2,6 +2,7 @@
 import pandas as pd
 import torch
 
+from wsikt.aggregators import model_scales
 from wsikt.bags import load_patient_bags
 from wsikt.experts import TrainSettings, run_expert_fold
 from wsikt.features import resolve_device
@@ -13,8 +14,9 @@ with log_to(snakemake.log[0]):
     split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
     slides = pd.DataFrame({"slide_id": list(p.slides), "patient_id": list(p.slides.values())})
     feature_path = {f.split("/")[-1][: -len(".h5")]: f for f in snakemake.input.features}
-    bags = load_patient_bags(list(split["patient_id"]), slides, feature_path)
     settings = TrainSettings(model=snakemake.wildcards.model, **p.settings)
+    scales = model_scales(settings.model, **settings.model_params)  # dsca/crossfusion read several magnifications
+    bags = load_patient_bags(list(split["patient_id"]), slides, feature_path, scales)
     run_expert_fold(
         split, bags, int(snakemake.wildcards.fold), settings, snakemake.output.model,
         snakemake.output.predictions, snakemake.output.metrics, resolve_device(p.device),

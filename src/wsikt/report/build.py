@@ -134,6 +134,19 @@ def _pval(p) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.2g}" if p < 0.01 else f"{p:.3f}"
 
 
+def roupkt_table(experts: pd.DataFrame, roupkt_tsv, baseline_tsvs: dict) -> pd.DataFrame:
+    """Per target: own expert's mean test C, ROUPKT's, their difference, and each baseline's."""
+    if roupkt_tsv is None:
+        return pd.DataFrame(columns=["cancer", "expert", "roupkt", "delta"])
+    r = pd.read_csv(roupkt_tsv, sep="\t")[["cancer", "c_index_mean"]].rename(columns={"c_index_mean": "roupkt"})
+    out = experts[["cancer", "c_index_mean"]].rename(columns={"c_index_mean": "expert"}).merge(r, on="cancer")
+    out["delta"] = out["roupkt"] - out["expert"]
+    for method, path in sorted(baseline_tsvs.items()):
+        b = pd.read_csv(path, sep="\t")[["cancer", "c_index_mean"]].rename(columns={"c_index_mean": method})
+        out = out.merge(b, on="cancer", how="left")
+    return out
+
+
 def build_report(
     out_html: str | Path,
     *,
@@ -155,6 +168,9 @@ def build_report(
     out_km_png: str | Path | None = None,
     out_heatmap_png: str | Path | None = None,
     out_metrics_tsv: str | Path | None = None,
+    roupkt_summary_tsv: str | Path | None = None,
+    baseline_summary_tsvs: dict[str, str | Path] | None = None,
+    roupkt_topk: int = 5,
 ) -> dict:
     """Render the page; optionally also write its figures and the expert metrics table as files.
 
@@ -178,6 +194,7 @@ def build_report(
     heatmap_png = transfer_heatmap(matrix)
     positives = positive_transfer(matrix)
     qc_groups, n_qc = sample_qc(qc_pngs, samples, max_qc)
+    roupkt = roupkt_table(summary, roupkt_summary_tsv, baseline_summary_tsvs or {})
     runtime = runtime_per_stage(benchmark_dir) if benchmark_dir else pd.DataFrame(columns=["stage", "jobs", "total_s", "longest_s"])
     missing_stages = [s for s in STAGE_ORDER if s != "report" and s not in set(runtime["stage"])]
 
@@ -202,6 +219,8 @@ def build_report(
         targets=list(pivot.columns), sources=list(pivot.index),
         matrix={s: {t: (pivot.at[s, t], sd.at[s, t]) for t in pivot.columns} for s in pivot.index},
         heatmap=_b64(heatmap_png), positives=positives.to_dict("records"), thresholds=POSITIVE_THRESHOLDS,
+        roupkt=roupkt.to_dict("records"), roupkt_topk=roupkt_topk, baseline_methods=sorted(baseline_summary_tsvs or {}),
+        baselines=bool(baseline_summary_tsvs),
         qc_groups=qc_groups, n_qc_shown=sum(len(g["shown"]) for g in qc_groups), n_qc=n_qc, max_qc=max_qc,
         runtime=runtime.to_dict("records"), runtime_total=float(runtime["total_s"].sum()) if len(runtime) else 0.0,
         missing_stages=missing_stages, versions=software_versions(), device=device_facts(),
@@ -215,4 +234,4 @@ def build_report(
     if out_metrics_tsv:
         write_tsv(experts, out_metrics_tsv)
     return {"experts": experts, "groups": groups, "positives": positives, "cohort": cohort, "runtime": runtime,
-            "matrix": matrix, "qc_groups": qc_groups}
+            "matrix": matrix, "qc_groups": qc_groups, "roupkt": roupkt}

@@ -3,13 +3,15 @@
 * bootstrap 95% CI of the mean-over-folds Harrell's C (test patients resampled within each fold);
 * Kaplan–Meier low/high predicted-risk groups (median split of each fold's test risks, pooled) and
   the log-rank p-value (lifelines);
-* time-dependent AUC (``cumulative_dynamic_auc``) and integrated Brier score (scikit-survival) per
-  fold, with the training fold giving the censoring distribution.
+* time-dependent AUC and integrated Brier score per fold, with the training fold giving the
+  censoring distribution.
+
+The metrics themselves live in ``wsikt.metrics`` (equal to scikit-survival's); this module reads
+the per-fold prediction tables and arranges them per cancer.
 """
 
 from __future__ import annotations
 
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-N_BOOT = 1000
-BOOT_SEED = 20240611
-N_EVAL_TIMES = 10  # evaluation times of td-AUC / IBS per fold
-MIN_TEST_EVENTS = 2  # fewer test events in a fold: td-AUC / IBS not computed ('—')
+from wsikt import metrics as M
+from wsikt.metrics import (  # noqa: F401  (re-exported: the report's names for the shared metrics)
+    BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES, BootstrapCI, TimeMetrics, evaluation_times, survival_at, time_metrics,
+)
 
 
 @dataclass
@@ -70,31 +72,10 @@ def load_fold_predictions(prediction_tsvs: list[str | Path]) -> list[FoldPredict
 
 # --------------------------------------------------------------------------- Harrell's C, bootstrap
 
-def harrell_c_batch(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tied_tol: float = 1e-8) -> np.ndarray:
-    """Harrell's C of each row of (B, n) arrays, with scikit-survival's rules; NaN without comparable pairs.
-
-    Pair (i, j) is comparable when i has an event and t_j > t_i, or t_j == t_i and j is censored;
-    concordant when r_i > r_j, half when |r_i − r_j| ≤ ``tied_tol``.
-    """
-    time, risk = np.atleast_2d(time).astype(float), np.atleast_2d(risk).astype(float)
-    event = np.atleast_2d(event).astype(bool)
-    ti, tj = time[:, :, None], time[:, None, :]
-    ei, ej = event[:, :, None], event[:, None, :]
-    comparable = ei & ((tj > ti) | ((tj == ti) & ~ej))
-    diff = risk[:, :, None] - risk[:, None, :]
-    tie = np.abs(diff) <= tied_tol
-    score = np.where(tie, 0.5, (diff > 0).astype(float))
-    n = comparable.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, (score * comparable).sum(axis=(1, 2)) / np.maximum(n, 1), np.nan)
-
-
-@dataclass
-class BootstrapCI:
-    mean: float  # mean over folds of the test C on the original data
-    low: float
-    high: float
-    n_valid: int  # resamples with a finite mean-over-folds C
+def harrell_c_batch(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tied_tol: float = M.TIED_TOL) -> np.ndarray:
+    """Harrell's C of each row of (B, n) arrays (wsikt.metrics.harrell_c); NaN without comparable pairs."""
+    time, event, risk = np.atleast_2d(time), np.atleast_2d(event), np.atleast_2d(risk)
+    return np.array([M.harrell_c(t, e, r, tied_tol) for t, e, r in zip(time, event, risk)], dtype=float)
 
 
 def bootstrap_c_index(folds: list[FoldPredictions], n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> BootstrapCI:
@@ -105,28 +86,8 @@ def bootstrap_c_index(folds: list[FoldPredictions], n_boot: int = N_BOOT, seed: 
     """
     if not folds:
         return BootstrapCI(np.nan, np.nan, np.nan, 0)
-    rng = np.random.default_rng([seed, zlib.crc32(folds[0].cancer.encode())])
-    point, boots = [], []
-    for f in sorted(folds, key=lambda f: f.fold):
-        t, e, r = (f.test[c].to_numpy(float) for c in ("time", "event", "risk"))
-        point.append(harrell_c_batch(t, e, r)[0] if len(t) else np.nan)
-        if len(t) == 0:
-            boots.append(np.full(n_boot, np.nan))
-            continue
-        chunk = max(1, int(2e7 // max(1, len(t) ** 2)))  # bound the (B, n, n) pair arrays
-        idx = rng.integers(0, len(t), size=(n_boot, len(t)))
-        boots.append(np.concatenate(
-            [harrell_c_batch(t[idx[s:s + chunk]], e[idx[s:s + chunk]], r[idx[s:s + chunk]]) for s in range(0, n_boot, chunk)]
-        ))
-    with warnings.catch_warnings():  # all-NaN columns (no comparable pair) are expected
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean_boot = np.nanmean(np.vstack(boots), axis=0)
-        mean = float(np.nanmean(point))
-    valid = mean_boot[np.isfinite(mean_boot)]
-    if len(valid) == 0:
-        return BootstrapCI(mean, np.nan, np.nan, 0)
-    low, high = np.percentile(valid, [2.5, 97.5])
-    return BootstrapCI(mean, float(low), float(high), int(len(valid)))
+    arrays = [tuple(f.test[c].to_numpy(float) for c in ("time", "event", "risk")) for f in sorted(folds, key=lambda f: f.fold)]
+    return M.bootstrap_c_index(arrays, n_boot, [seed, zlib.crc32(folds[0].cancer.encode())])
 
 
 # --------------------------------------------------------------------------- Kaplan–Meier risk groups
@@ -160,82 +121,6 @@ def risk_groups(folds: list[FoldPredictions]) -> RiskGroups:
 
 
 # --------------------------------------------------------------------------- td-AUC and IBS
-
-def survival_at(surv: np.ndarray, inner_edges: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """S(t) from discrete-time curves: S_k is survival to the end of bin k (the edge ``inner_edges[k]``).
-
-    A step function: S(t) = 1 before the first edge, S_k for ``inner_edges[k] ≤ t < inner_edges[k+1]``.
-    """
-    surv = np.atleast_2d(np.asarray(surv, float))
-    k = np.searchsorted(np.asarray(inner_edges, float), np.asarray(times, float), side="right") - 1
-    padded = np.hstack([np.ones((surv.shape[0], 1)), surv])
-    return padded[:, np.clip(k + 1, 0, surv.shape[1])]
-
-
-def evaluation_times(test_time: np.ndarray, test_event: np.ndarray, train_time: np.ndarray, n: int = N_EVAL_TIMES) -> np.ndarray:
-    """``n`` equally spaced times from the first test event to just before the horizon.
-
-    The horizon is the last test time, or the last training time when earlier (the censoring
-    distribution is unknown beyond it). Empty when the range is empty.
-    """
-    events = test_time[test_event.astype(bool)]
-    if len(events) == 0 or len(train_time) == 0:
-        return np.zeros(0)
-    lo, hi = float(events.min()), float(min(test_time.max(), train_time.max()))
-    if not hi > lo:
-        return np.zeros(0)
-    return np.linspace(lo, hi, n + 1)[:-1]
-
-
-@dataclass
-class TimeMetrics:
-    times: np.ndarray
-    auc: np.ndarray  # td-AUC at each time
-    mean_auc: float  # scikit-survival's summary over times
-    ibs: float  # integrated Brier score of the expert's survival curves
-    ibs_km: float  # the same for the training fold's Kaplan–Meier curve (no-skill reference)
-    reason: str = ""  # why not computed
-
-
-def time_metrics(
-    train_time: np.ndarray, train_event: np.ndarray, test_time: np.ndarray, test_event: np.ndarray,
-    test_risk: np.ndarray, test_surv: np.ndarray, inner_edges: np.ndarray, times: np.ndarray | None = None,
-) -> TimeMetrics:
-    """td-AUC (risk) and IBS (S_k at the evaluation times) for one fold; NaN with a reason when impossible.
-
-    Test follow-up beyond the last training time is administratively censored there: metrics at
-    earlier evaluation times are unchanged and the training-fold censoring distribution stays defined.
-    """
-    from sksurv.metrics import cumulative_dynamic_auc, integrated_brier_score
-    from sksurv.nonparametric import kaplan_meier_estimator
-    from sksurv.util import Surv
-
-    nan = TimeMetrics(np.zeros(0), np.zeros(0), np.nan, np.nan, np.nan)
-    train_time, test_time = np.asarray(train_time, float), np.asarray(test_time, float)
-    train_event, test_event = np.asarray(train_event).astype(bool), np.asarray(test_event).astype(bool)
-    if test_event.sum() < MIN_TEST_EVENTS or train_event.sum() < 1:
-        nan.reason = f"{int(test_event.sum())} test events (< {MIN_TEST_EVENTS})"
-        return nan
-    horizon = train_time.max()
-    cut = test_time > horizon
-    test_time, test_event = np.where(cut, horizon, test_time), np.where(cut, False, test_event)
-    if times is None:
-        times = evaluation_times(test_time, test_event, train_time)
-    if len(times) < 2:
-        nan.reason = "follow-up range too short"
-        return nan
-    y_train, y_test = Surv.from_arrays(train_event, train_time), Surv.from_arrays(test_event, test_time)
-    try:
-        auc, mean_auc = cumulative_dynamic_auc(y_train, y_test, np.asarray(test_risk, float), times)
-        ibs = integrated_brier_score(y_train, y_test, survival_at(test_surv, inner_edges, times), times)
-        km_t, km_s = kaplan_meier_estimator(train_event, train_time)
-        km = km_s[np.clip(np.searchsorted(km_t, times, side="right") - 1, 0, None)] * (times >= km_t[0]) + (times < km_t[0])
-        ibs_km = integrated_brier_score(y_train, y_test, np.tile(km, (len(test_time), 1)), times)
-    except ValueError as err:
-        nan.reason = str(err)
-        return nan
-    return TimeMetrics(np.asarray(times), np.asarray(auc, float), float(mean_auc), float(ibs), float(ibs_km))
-
 
 def fold_time_metrics(f: FoldPredictions) -> TimeMetrics:
     """td-AUC / IBS of one expert fold from its predictions table (train rows give censoring)."""

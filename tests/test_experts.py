@@ -1,0 +1,160 @@
+"""Expert training: batched step == mean of batch-1 steps, Cox with a Breslow baseline, fold outputs, planted signal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from wsikt.experts import (
+    TrainSettings, breslow_log_cumhaz, load_expert, new_expert, predict, run_expert_fold, step_loss, train_expert,
+)
+from wsikt.models import MODELS, model_scales
+from wsikt.bags import PRIMARY
+from wsikt.survival import assign_bins, fit_time_bins, harrell_c, risk_from_survival
+
+CPU = torch.device("cpu")
+SINGLE_SCALE = [m for m in MODELS if model_scales(m) == (PRIMARY,)]
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def planted(seed: int = 0, n: int = 48, dim: int = 8, sizes=(3, 40)):
+    """Bags of varying size whose mean feature encodes u ~ U(0, 1); log T = log 1500 − 1.5(2u − 1) + 0.3 ε."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(0, 1, n)
+    w = rng.normal(size=dim)
+    bags = [(3.0 * (ui + 0.1 * rng.normal(size=(k, 1))) * w + rng.normal(size=(k, dim))).astype(np.float32)
+            for ui, k in zip(u, rng.integers(*sizes, size=n))]
+    t_event = np.exp(np.log(1500.0) - 1.5 * (2 * u - 1) + 0.3 * rng.normal(size=n))
+    t_cens = rng.uniform(500.0, 8000.0, n)
+    return bags, np.minimum(t_event, t_cens), (t_event <= t_cens).astype(int)
+
+
+# ---------------------------------------------------------------------------------------------
+# One padded forward per step == the batch-1 computation
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SINGLE_SCALE)
+def test_batched_step_equals_mean_of_batch1_losses_and_gradients(name):
+    bags, time, event = planted(n=16)
+    edges = fit_time_bins(time, event, "uniform", 8, 365.0)
+    bins = assign_bins(time, edges)
+    settings = TrainSettings(model=name, dropout=0.0, feature_norm="standardize")
+    model = new_expert(bags, len(edges) + 1, settings, CPU)
+    model.train()
+    y, e = torch.as_tensor(bins), torch.as_tensor(event)
+
+    batched = step_loss(model(model.collate(bags, CPU)), y, None, e, settings)
+    model.zero_grad()
+    batched.backward()
+    g_batched = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    singles = []
+    for i, b in enumerate(bags):
+        loss_i = step_loss(model(model.collate([b], CPU)), y[i:i + 1], None, e[i:i + 1], settings)
+        (loss_i / len(bags)).backward()  # gradient accumulation over the 16 patients
+        singles.append(float(loss_i.detach()))
+    assert float(batched.detach()) == pytest.approx(np.mean(singles), abs=1e-6)
+    assert g_batched.keys() == {k for k, p in model.named_parameters() if p.grad is not None}
+    for k, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(g_batched[k], p.grad, atol=1e-5, rtol=1e-4, msg=f"gradient of {k}")
+
+
+def test_train_expert_first_step_loss_is_the_batched_loss():
+    bags, time, event = planted(n=16)
+    edges = fit_time_bins(time, event, "uniform", 8, 365.0)
+    bins = assign_bins(time, edges)
+    settings = TrainSettings(dropout=0.0, epochs=1)
+    model = new_expert(bags, len(edges) + 1, settings, CPU)  # same seed → the weights train_expert starts from
+    expected = step_loss(model(model.collate(bags, CPU)), torch.as_tensor(bins), None, torch.as_tensor(event), settings)
+    _, history = train_expert(bags, bins, event, len(edges) + 1, settings, CPU)
+    assert history[0] == pytest.approx(float(expected.detach()), abs=1e-6)  # one step of 16 patients per epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted signal
+# ---------------------------------------------------------------------------------------------
+
+
+def test_abmil_learns_planted_signal():
+    bags, time, event = planted(n=40)
+    edges = fit_time_bins(time, event, "uniform", 32, 365.0)
+    settings = TrainSettings(model="abmil", lr=1e-3, epochs=15, feature_norm="standardize")
+    model, history = train_expert(bags, assign_bins(time, edges), event, len(edges) + 1, settings, CPU)
+    surv, _ = predict(model, bags, CPU)
+    c = harrell_c(time, event, risk_from_survival(surv))
+    assert c > 0.7, f"training C {c:.3f} on a planted signal"
+    assert history[-1] < history[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cox
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cox_refuses_small_steps():
+    bags, time, event = planted(n=20)
+    with pytest.raises(ValueError, match=r"experts\.patients_per_step"):
+        train_expert(bags, np.zeros(20, int), event, 4, TrainSettings(loss="cox", patients_per_step=8), CPU, times=time)
+
+
+def test_breslow_baseline_matches_the_textbook_sum():
+    rng = np.random.default_rng(5)
+    t = rng.integers(1, 30, 25).astype(float)  # ties on purpose
+    e = rng.integers(0, 2, 25)
+    eta = rng.normal(size=25) * 3 + 40  # exp(η) alone would be ~1e17: log space keeps it exact
+    at = np.array([0.5, 3.0, 10.0, 17.5, 100.0])
+    expected = []
+    for a in at:
+        h = sum(np.sum(e[t == s]) / np.sum(np.exp(eta[t >= s] - 40)) for s in np.unique(t[e == 1]) if s <= a)
+        expected.append(np.log(h) - 40 if h > 0 else -np.inf)
+    np.testing.assert_allclose(breslow_log_cumhaz(t, e, eta, at), expected, rtol=1e-10)
+
+
+def _split(n: int, folds: int = 3, seed: int = 0) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    bags, time, event = planted(seed=seed, n=n)
+    split = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "cancer": "TOY", "time": time, "event": event,
+                          "fold": np.arange(n) % folds})
+    return split, bags
+
+
+@pytest.mark.parametrize("loss", ["nll", "cox"])
+def test_run_expert_fold_writes_weights_predictions_and_metrics(loss, tmp_path):
+    split, bags = _split(48)
+    settings = TrainSettings(model="abmil", loss=loss, lr=1e-3, epochs=6, feature_norm="standardize", n_bins=8)
+    paths = [tmp_path / f for f in ("m.pt", "p.tsv", "m.json")]
+    metrics = run_expert_fold(split, bags, 0, settings, *paths, CPU)
+    preds = pd.read_csv(paths[1], sep="\t", dtype={"patient_id": str})
+    assert list(preds.columns[:6]) == ["patient_id", "fold", "split", "time", "event", "risk"]
+    assert [c for c in preds.columns if c.startswith("S_")] == [f"S_{k}" for k in range(8)]
+    surv = preds[[f"S_{k}" for k in range(8)]].to_numpy()
+    assert np.all(np.diff(surv, axis=1) <= 1e-7) and np.all((surv >= 0) & (surv <= 1))
+    on_disk = json.loads(paths[2].read_text())
+    for key in ("c_index_test", "c_index_train", "uno_c_test", "td_auc_test", "ibs_test"):
+        assert key in on_disk
+    test = preds["split"] == "test"
+    assert metrics["c_index_test"] == pytest.approx(harrell_c(preds.time[test], preds.event[test], preds.risk[test]))
+    assert metrics["c_index_train"] > 0.7  # planted signal
+    model = load_expert(paths[0], CPU)
+    surv2, _ = predict(model, bags, CPU)
+    np.testing.assert_allclose(surv2, surv, rtol=1e-5, atol=1e-6)  # the checkpoint reproduces the TSV
+    if loss == "cox":
+        assert metrics["loss"] == "cox"
+        # risk = the log-risk; the survival columns rank patients the same way (Breslow: S = exp(−H0 e^η))
+        assert np.all(surv[:, 0] > 0.0) and np.any(surv[:, -1] < 0.99)
+        order = np.argsort(preds["risk"].to_numpy())
+        assert np.all(np.diff(surv[order, -1]) <= 1e-7)
+        assert model.loss == "cox" and np.isfinite(model.baseline_log_cumhaz[-1].item())

@@ -1,0 +1,27 @@
+"""Snakemake adapter: every expert's embedding and risk for every patient of one target, plus its zero-shot C rows."""
+import pandas as pd
+import torch
+
+from wsikt.bags import load_patient_bags
+from wsikt.embeddings import embed_target, expert_key_from_path
+from wsikt.experts import load_expert
+from wsikt.features import resolve_device
+from wsikt.io import write_tsv
+from wsikt.logs import log_to
+from wsikt.transfer import training_rows, zero_shot_rows
+
+with log_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    p, target = snakemake.params, snakemake.wildcards.cancer
+    split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
+    slides = pd.DataFrame({"slide_id": list(p.slides), "patient_id": list(p.slides.values())})
+    feature_path = {f.split("/")[-1][: -len(".h5")]: f for f in snakemake.input.features}
+    experts = {expert_key_from_path(f): f for f in snakemake.input.experts}
+    device = resolve_device(p.device)
+    scales = getattr(load_expert(next(iter(experts.values())), device), "scales", None)  # multi-scale experts need them
+    risks = embed_target(
+        experts, list(split["patient_id"]), lambda ids: load_patient_bags(ids, slides, feature_path, scales),
+        snakemake.output.embeddings, device, target=target, chunk=getattr(p, "chunk", 16),
+    )
+    write_tsv(zero_shot_rows(risks, split, target), snakemake.output.zero_shot)
+    write_tsv(training_rows(risks, split, target), snakemake.output.training)

@@ -1,0 +1,28 @@
+"""Snakemake adapter: one transfer baseline (head, mlp, all, merge) for one target cancer and outer fold."""
+import pandas as pd
+import torch
+
+from wsikt.bags import load_patient_bags
+from wsikt.baselines import BaselineSettings, needs_bags, run_baseline_fold
+from wsikt.embeddings import expert_key_from_path
+from wsikt.experts import TrainSettings, load_expert
+from wsikt.features import resolve_device
+from wsikt.logs import log_to
+
+with log_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    p, w, out = snakemake.params, snakemake.wildcards, snakemake.output
+    split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
+    checkpoints = {expert_key_from_path(f): f for f in snakemake.input.experts}
+    device = resolve_device(p.device)
+    bags = None
+    if needs_bags(w.method):  # 'all' and 'merge' run the experts on the patches; head/mlp use cached embeddings
+        slides = pd.DataFrame({"slide_id": list(p.slides), "patient_id": list(p.slides.values())})
+        feature_path = {f.split("/")[-1][: -len(".h5")]: f for f in snakemake.input.features}
+        scales = getattr(load_expert(next(iter(checkpoints.values())), device), "scales", None)
+        bags = load_patient_bags(list(split["patient_id"]), slides, feature_path, scales)
+    run_baseline_fold(
+        split, snakemake.input.embeddings, w.cancer, int(w.fold), TrainSettings(model=w.model, **p.settings),
+        BaselineSettings(method=w.method, **p.baseline), out.model, out.predictions, out.metrics, device,
+        bags=bags, checkpoints=checkpoints,
+    )

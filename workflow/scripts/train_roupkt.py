@@ -1,0 +1,21 @@
+"""Snakemake adapter: ROUPKT for one target cancer and outer fold, over the cached expert embeddings."""
+import pandas as pd
+import torch
+
+from wsikt.bags import load_patient_bags
+from wsikt.experts import TrainSettings
+from wsikt.features import resolve_device
+from wsikt.logs import log_to
+from wsikt.roupkt import RoupktSettings, run_roupkt_fold
+
+with log_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    p, w, out = snakemake.params, snakemake.wildcards, snakemake.output
+    split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
+    slides = pd.DataFrame({"slide_id": list(p.slides), "patient_id": list(p.slides.values())})
+    feature_path = {f.split("/")[-1][: -len(".h5")]: f for f in snakemake.input.features}
+    bags = load_patient_bags(list(split["patient_id"]), slides, feature_path)  # router: primary magnification
+    run_roupkt_fold(
+        split, bags, snakemake.input.embeddings, w.cancer, int(w.fold), TrainSettings(model=w.model, **p.settings),
+        RoupktSettings(**p.roupkt), out.model, out.predictions, out.router, out.metrics, resolve_device(p.device),
+    )
