@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 START = REPO / ".ci/slurm/start.sh"
 STOP = REPO / ".ci/slurm/stop.sh"
 CONFIG = "config/slurm_test.yaml"
-GPU_RULES = ("extract_features", "train_expert", "transfer_matrix")
+GPU_RULES = ("extract_features", "train_expert", "embed_cohort", "train_roupkt")
 FAIL_RULE = "preprocess_slide"
 
 if shutil.which("sbatch") is None:

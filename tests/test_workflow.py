@@ -203,7 +203,7 @@ def test_other_aggregators_run_end_to_end(demo_run, model, tmp_path):
     target = f"results/experts/demo/{model}/OS/SHRA/fold0/metrics.json"
     changed = tmp_path / "model.yaml"
     changed.write_text(f"experts:\n  model: {model}\n")
-    result = snakemake(demo_run, "--cores", "2", "--quiet", target, "--configfile", "config/config.yaml", str(changed))
+    result = snakemake(demo_run, target, "--cores", "2", "--configfile", "config/config.yaml", str(changed), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = yaml.safe_load((demo_run / target).read_text())
     assert metrics["model"] == model and 0.0 <= metrics["c_index_test"] <= 1.0
@@ -229,8 +229,8 @@ def test_bad_slides_are_recorded_and_the_rest_completes(demo_run, fixture_slides
     cfg = demo_run / "config/bad.yaml"
     cfg.write_text(yaml.safe_dump({"demo": {"enabled": False}, "samples": "resources/bad/samples.tsv",
                                    "clinical": "resources/bad/clinical.tsv"}))
-    result = snakemake(demo_run, "--cores", "2", "--keep-going", "--quiet", "results/splits/OS/SHRA.tsv",
-                       "--configfile", "config/config.yaml", str(cfg))
+    result = snakemake(demo_run, "results/splits/OS/SHRA.tsv", "--cores", "2", "--keep-going",
+                       "--configfile", "config/config.yaml", str(cfg), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     from wsikt.preprocess import read_status
 
@@ -262,3 +262,30 @@ def test_ingested_features_replace_preprocessing_and_extraction(tmp_path):
     assert jobs["ingest_features"] >= sum(c["n_patients"] for c in cfg["demo"]["cancers"])  # one per slide
     assert "extract_features" not in jobs and "preprocess_slide" not in jobs, jobs
     assert jobs["train_expert"] > 0
+
+
+def _matrix(workdir: Path) -> pd.DataFrame:
+    m = pd.read_csv(workdir / "results/transfer/demo/abmil/OS/matrix.tsv", sep="\t")
+    return m.pivot(index="source", columns="target", values="c_index_mean")
+
+
+def test_transfer_matrix_shows_the_planted_structure(demo_run):
+    truth = pd.read_csv(demo_run / "resources/demo/truth.tsv", sep="\t").groupby("cancer")["mechanism"].first()
+    m = _matrix(demo_run)
+    shared = [c for c in m.index if truth[c] == "shared"]
+    for s in shared:
+        for t in shared:
+            assert m.at[s, t] >= 0.60, (s, t, m.at[s, t])  # sharing the mechanism transfers
+    for r in (c for c in m.index if truth[c] == "reversed"):
+        for o in shared:
+            assert m.at[r, o] < 0.45 and m.at[o, r] < 0.45, (r, o)  # the reversed mechanism ranks backwards
+    for n in (c for c in m.index if truth[c] == "none"):
+        for s in m.index:
+            if s != n:  # every expert ranks the no-signal cancer at chance
+                assert abs(m.at[s, n] - 0.5) <= 0.05, (s, n, m.at[s, n])
+
+
+def test_roupkt_beats_the_rare_cancers_own_expert(demo_run):
+    own = _summary(demo_run)
+    roupkt = pd.read_csv(demo_run / "results/roupkt/demo/abmil/OS/summary.tsv", sep="\t").set_index("cancer")
+    assert roupkt.at["RARE", "c_index_mean"] > own.at["RARE", "c_index_mean"], (roupkt.at["RARE", "c_index_mean"], own.at["RARE", "c_index_mean"])

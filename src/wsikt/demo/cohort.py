@@ -81,7 +81,42 @@ def plan_cohort(
                         render_seed=int(rng.integers(0, 2**31 - 1)), slide_um=slide_um,
                     )
                 )
-    return DemoCohort(pd.DataFrame(patients), pd.DataFrame(slides))
+    patients_df, slides_df = pd.DataFrame(patients), pd.DataFrame(slides)
+    for spec in cancers:
+        if spec["mechanism"] == "none":
+            _decorrelate(patients_df, slides_df, spec["name"], seed)
+    return DemoCohort(patients_df, slides_df)
+
+
+def _decorrelate(patients: pd.DataFrame, slides: pd.DataFrame, cancer: str, seed: int, tries: int = 500) -> None:
+    """Permute a no-signal cancer's densities among its patients so that density ranks survival at
+    chance in the sample itself (Harrell's C closest to 0.5 over ``tries`` seeded permutations).
+
+    Drawn independently, 40 patients' densities happen to rank their survival with C ≈ 0.5 ± 0.05, and
+    every density-reading expert then "transfers" to the noise cancer by that accident. A balanced
+    sample makes the demo's no-signal claim checkable; outcomes are untouched, slides keep their
+    per-slide jitter, and the main random stream (every other cancer) is unchanged.
+    """
+    from wsikt.metrics import harrell_c
+
+    rows = np.flatnonzero(patients["cancer"].to_numpy() == cancer)
+    u = patients.loc[rows, "density"].to_numpy()
+    time, event = patients.loc[rows, "time"].to_numpy(float), patients.loc[rows, "event"].to_numpy()
+    rng = np.random.default_rng([seed, 1_000_003])
+    best, best_gap = np.arange(len(u)), abs(harrell_c(time, event, u) - 0.5)
+    for _ in range(tries):
+        perm = rng.permutation(len(u))
+        gap = abs(harrell_c(time, event, u[perm]) - 0.5)
+        if gap < best_gap:
+            best, best_gap = perm, gap
+    new_u = u[best]
+    old = dict(zip(patients.loc[rows, "patient_id"], u))
+    new = dict(zip(patients.loc[rows, "patient_id"], new_u))
+    patients.loc[rows, "density"] = new_u
+    patients.loc[rows, "true_risk"] = 0.0
+    mask = slides["patient_id"].isin(new)
+    jitter = slides.loc[mask, "density"].to_numpy() - slides.loc[mask, "patient_id"].map(old).to_numpy()
+    slides.loc[mask, "density"] = np.clip(slides.loc[mask, "patient_id"].map(new).to_numpy() + jitter, 0, 1)
 
 
 def nuclei_density(u: float) -> float:
