@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 START = REPO / ".ci/slurm/start.sh"
 STOP = REPO / ".ci/slurm/stop.sh"
 CONFIG = "config/slurm_test.yaml"
-GPU_RULES = ("extract_features", "train_expert", "embed_cohort", "train_roupkt")
+GPU_RULES = ("train_expert", "embed_cohort", "train_roupkt")  # config/slurm_test.yaml: experts.gpus 1
 FAIL_RULE = "preprocess_slide"
 
 if shutil.which("sbatch") is None:
@@ -174,6 +174,7 @@ def test_gpu_rules_see_a_gpu(runs):
         assert by_rule.get(rule) == {"0"}, (rule, by_rule)
     # ... and CPU rules get none.
     assert by_rule.get("preprocess_slide") == {None}, by_rule
+    assert by_rule.get("extract_features") == {None}, by_rule  # features.gpus 0 in the test config
 
 
 def test_transient_failure_is_retried(runs):
