@@ -39,3 +39,14 @@ def demo_slide_pair(tmp_path_factory) -> tuple[Path, Path]:
         write_pyramid_tiff(path, rgb, mpp, aperio=aperio)
         paths.append(path)
     return paths[0], paths[1]
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Torch on 2 threads for the test (the CI machine's cores), restored afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)

@@ -20,12 +20,7 @@ CPU = torch.device("cpu")
 SINGLE_SCALE = [m for m in MODELS if model_scales(m) == (PRIMARY,)]
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def planted(seed: int = 0, n: int = 48, dim: int = 8, sizes=(3, 40)):

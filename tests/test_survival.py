@@ -24,12 +24,7 @@ from wsikt.survival import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 # ---------------------------------------------------------------------------------------------
