@@ -17,7 +17,7 @@ import torch
 
 from wsikt import encoders
 from wsikt.encoders import EncoderSpec, build_encoder, get_encoder_spec, weights_hash
-from wsikt.features import PatchDataset, extract_features, load_features, read_patch_h5
+from wsikt.features import LOADER_CHUNK, PatchDataset, extract_features, load_features, loader_chunk, read_patch_h5
 from wsikt.slide import slide_mpp
 
 CMU = "CMU-1-Small-Region.svs"
@@ -166,9 +166,18 @@ def test_coarse_level_reads_its_own_footprint(cmu, tmp_path):
         assert not np.allclose(f["features"][fine_rows[c0]], f["mags/10x/features"][1], atol=1e-3)
 
 
-def test_batch_size_and_workers_do_not_change_features(cmu, tmp_path):
+def test_loader_chunk_divides_the_batch():
+    assert loader_chunk(256, 15) == 64 and loader_chunk(100, 2) == 50 and loader_chunk(7, 2) == 7
+    assert loader_chunk(256, 0) == 256  # no workers: nothing to overlap, one read per forward batch
+    for bs in range(1, 300):
+        c = loader_chunk(bs, 4)
+        assert bs % c == 0 and c <= LOADER_CHUNK
+
+
+@pytest.mark.parametrize("batch_size", [3, 100])  # 100: worker chunks of 50 regrouped into forwards of 100
+def test_batch_size_and_workers_do_not_change_features(cmu, tmp_path, batch_size):
     out = tmp_path / "bs1.h5"
-    extract_features(cmu["slide"], cmu["multi"], out, "demo", batch_size=3, num_workers=2, device="cpu")
+    extract_features(cmu["slide"], cmu["multi"], out, "demo", batch_size=batch_size, num_workers=2, device="cpu")
     with h5py.File(out, "r") as a, h5py.File(cmu["features"], "r") as b:
         for key in ("features", "mags/10x/features"):
             assert np.allclose(a[key][:], b[key][:], atol=1e-5)

@@ -219,6 +219,22 @@ class RunStats:
         return self.n / self.seconds if self.seconds > 0 else float("nan")
 
 
+LOADER_CHUNK = 64  # at most this many tiles per worker batch: see loader_chunk
+
+
+def loader_chunk(batch_size: int, num_workers: int) -> int:
+    """Tiles per worker batch: the largest divisor of ``batch_size`` that is ≤ LOADER_CHUNK (with workers).
+
+    A worker hands over a whole batch at once, so with 256-tile batches the first forward waits for
+    256 reads (≈2 s on 15 workers of an H100 node) and every worker holds 256 tiles in flight. Workers
+    fill smaller chunks instead and ``embed`` regroups them on the device into ``batch_size`` rows
+    (a divisor, so a compiled model still sees one shape).
+    """
+    if num_workers == 0:
+        return batch_size
+    return max(d for d in range(1, min(batch_size, LOADER_CHUNK) + 1) if batch_size % d == 0)
+
+
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, pin: bool, prefetch: int = 2) -> DataLoader:
     """The DataLoader the pipeline uses: per-worker handles, pinned batches, ``prefetch`` batches per worker."""
     return DataLoader(
@@ -237,8 +253,12 @@ def embed(
     precision: str | None = None,
     compile: bool = False,
     label: str = "",
+    batch_size: int | None = None,
 ) -> RunStats:
     """Embed every batch of ``loader`` in order; ``sink(start_row, features (n, D) float32, ok (n,))``.
+
+    Loader batches are copied to the device as they come and regrouped there into forwards of
+    ``batch_size`` rows (default: the loader's batch size).
 
     The forward of batch k is queued before batch k-1's outputs are waited for and handed to the
     sink, so the device never idles on the host's writes. Rows that come out non-finite under
@@ -254,7 +274,7 @@ def embed(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model, dynamic=False) if compile else model
-    batch_size = loader.batch_size or 1
+    batch_size = batch_size or loader.batch_size or 1
     stats = RunStats()
     pending: tuple | None = None
     t0 = time.perf_counter()
@@ -285,10 +305,23 @@ def embed(
         sink(start, feats, ok)
         stats.flagged += int((~ok).sum())
 
+    def regrouped():
+        """(uint8 batch on the device, ok flags) of ``batch_size`` rows (the last may be shorter)."""
+        chunks, oks, n = [], [], 0
+        for batch, ok in loader:
+            chunks.append(batch.to(device, non_blocking=True))
+            oks.append(ok)
+            n += len(batch)
+            if n >= batch_size:
+                yield (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), torch.cat(oks)
+                chunks, oks, n = [], [], 0
+        if chunks:
+            yield torch.cat(chunks), torch.cat(oks)
+
     with torch.inference_mode():
         start = 0
-        for batch, ok in loader:
-            x = prep(batch.to(device, non_blocking=True))
+        for batch, ok in regrouped():
+            x = prep(batch)
             y = run(x)
             if cuda:
                 out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
@@ -371,8 +404,9 @@ def extract_features(
                     feats[i][lo - offsets[i]:hi - offsets[i]] = values[lo - start:hi - start]
                     flags[i][lo - offsets[i]:hi - offsets[i]] = ~ok[lo - start:hi - start]
 
-        loader = make_loader(dataset, batch_size, num_workers, pin=dev.type == "cuda", prefetch=prefetch)
-        stats = embed(model, spec, loader, dev, sink, precision, compile, label=str(slide_path))
+        chunk = loader_chunk(batch_size, num_workers)
+        loader = make_loader(dataset, chunk, num_workers, pin=dev.type == "cuda", prefetch=prefetch * batch_size // chunk)
+        stats = embed(model, spec, loader, dev, sink, precision, compile, label=str(slide_path), batch_size=batch_size)
         _write_coords(f, "coords", mags[0])
         if has_mags:
             for i, m in enumerate(mags):
