@@ -12,7 +12,7 @@ import yaml
 import zipfile
 
 from browser_check import CHROMIUM, check_in_browser
-from workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
+from workflow_helpers import copy_repo, dry_run_with, jobs_in_dry_run, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -112,21 +112,14 @@ def test_second_run_does_nothing(demo_run):
 
 
 def test_training_change_reruns_no_preprocessing(demo_run, tmp_path):
-    changed = tmp_path / "changed.yaml"
-    changed.write_text("experts:\n  epochs: 7\n")
-    result = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(changed))
-    assert result.returncode == 0, result.stderr[-2000:]
-    jobs = jobs_in_dry_run(result)
+    result, jobs = dry_run_with(demo_run, tmp_path / "changed.yaml", "experts:\n  epochs: 7\n")
     assert jobs.get("train_expert", 0) > 0, result.stdout[-2000:]
     assert not PREPROCESSING_RULES & set(jobs), jobs
 
 
 def test_encoder_change_reruns_features_not_preprocessing(demo_run, tmp_path):
-    changed = tmp_path / "encoder.yaml"
-    changed.write_text("features:\n  encoder: resnet50\n  weights: resources/weights/resnet50.safetensors\n")
-    result = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(changed))
-    assert result.returncode == 0, result.stdout[-2000:]
-    jobs = jobs_in_dry_run(result)
+    _, jobs = dry_run_with(demo_run, tmp_path / "encoder.yaml",
+                           "features:\n  encoder: resnet50\n  weights: resources/weights/resnet50.safetensors\n")
     n_slides = len(pd.read_csv(demo_run / "resources/demo/samples.tsv", sep="\t"))
     assert jobs["extract_features"] == n_slides
     assert jobs["train_expert"] > 0 and jobs["transfer_matrix"] == 1
@@ -175,11 +168,7 @@ def test_snakemake_report_zip(demo_run, tmp_path):
 
 
 def test_roupkt_change_reruns_only_roupkt_and_report(demo_run, tmp_path):
-    changed = tmp_path / "roupkt.yaml"
-    changed.write_text("roupkt:\n  topk: 2\n")
-    result = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(changed))
-    assert result.returncode == 0, result.stderr[-2000:]
-    jobs = jobs_in_dry_run(result)
+    _, jobs = dry_run_with(demo_run, tmp_path / "roupkt.yaml", "roupkt:\n  topk: 2\n")
     assert jobs.get("train_roupkt", 0) > 0, jobs
     assert set(jobs) <= {"train_roupkt", "summarise_roupkt", "report", "all"}, jobs  # no expert, no embedding
 
@@ -253,11 +242,7 @@ def test_bad_slides_are_recorded_and_the_rest_completes(demo_run, fixture_slides
 def test_ingested_features_replace_preprocessing_and_extraction(tmp_path):
     """features.ingest: bring-your-own CLAM/TRIDENT features start the workflow at the training stage."""
     workdir = copy_repo(tmp_path / "repo")
-    changed = tmp_path / "ingest.yaml"
-    changed.write_text("features:\n  encoder: uni_v1\n  ingest: /data/clam_uni/\n")
-    result = snakemake(workdir, "-n", "--configfile", "config/config.yaml", str(changed))
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    jobs = jobs_in_dry_run(result)
+    _, jobs = dry_run_with(workdir, tmp_path / "ingest.yaml", "features:\n  encoder: uni_v1\n  ingest: /data/clam_uni/\n")
     cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
     assert jobs["ingest_features"] >= sum(c["n_patients"] for c in cfg["demo"]["cancers"])  # one per slide
     assert "extract_features" not in jobs and "preprocess_slide" not in jobs, jobs

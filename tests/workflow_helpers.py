@@ -46,3 +46,11 @@ def jobs_in_dry_run(result: subprocess.CompletedProcess) -> dict[str, int]:
         if parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def dry_run_with(workdir: Path, override: Path, yaml_text: str) -> tuple[subprocess.CompletedProcess, dict[str, int]]:
+    """Dry run with config/config.yaml plus ``yaml_text`` written to ``override``; rule → job count."""
+    override.write_text(yaml_text)
+    result = snakemake(workdir, "-n", "--configfile", "config/config.yaml", str(override))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result, jobs_in_dry_run(result)
