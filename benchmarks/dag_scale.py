@@ -3,6 +3,7 @@
 
     python benchmarks/dag_scale.py                 # goal: dry run ≤ 30 s on a 2-core machine
     python benchmarks/dag_scale.py --profile       # + cProfile of the dry run (top functions)
+    python benchmarks/dag_scale.py --paths per-cancer   # slides in per-cancer folders: no path pattern
 
 Writes, into a temporary copy of the repository (Snakefile, workflow, config, profiles), a sample
 sheet of N slides over C cancers (~1.1 slides per patient, TCGA-style barcodes), a TCGA-CDR-style
@@ -41,8 +42,13 @@ def cancer_codes(n: int) -> list[str]:
     return [f"C{a}{b}" for a in string.ascii_uppercase for b in string.ascii_uppercase][:n]
 
 
-def write_cohort(root: Path, n_slides: int, n_cancers: int, touch: bool = True) -> None:
-    """Sample sheet, clinical table, (empty) slide files and a config under ``root``."""
+def write_cohort(root: Path, n_slides: int, n_cancers: int, touch: bool = True, paths: str = "one-folder") -> None:
+    """Sample sheet, clinical table, (empty) slide files and a config under ``root``.
+
+    ``paths``: 'one-folder' puts every slide at slides/<slide_id>.svs (as GDC downloads do), so the
+    per-slide rules use a path pattern; 'per-cancer' at slides/<cancer>/<slide_id>.svs, which no
+    single pattern fits, so they look each slide up in the sheet.
+    """
     root.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         src = REPO / name
@@ -63,7 +69,8 @@ def write_cohort(root: Path, n_slides: int, n_cancers: int, touch: bool = True) 
             if len(rows) == n_slides:
                 break
             slide = f"{patient}-01Z-00-DX{k + 1}"
-            rows.append(f"{slide}\t{patient}\t{cancer}\tresources/tcga/slides/{slide}.svs")
+            folder = "resources/tcga/slides" + (f"/{cancer}" if paths == "per-cancer" else "")
+            rows.append(f"{slide}\t{patient}\t{cancer}\t{folder}/{slide}.svs")
         i += 1
     (data / "samples.tsv").write_text("slide_id\tpatient_id\tcancer\tpath\n" + "\n".join(rows) + "\n")
     clinical = ["bcr_patient_barcode\ttype\tOS\tOS.time\tDSS\tDSS.time\tDFI\tDFI.time\tPFI\tPFI.time"]
@@ -71,12 +78,33 @@ def write_cohort(root: Path, n_slides: int, n_cancers: int, touch: bool = True) 
     (data / "clinical.tsv").write_text("\n".join(clinical) + "\n")
     if touch:
         for row in rows:
-            Path(root / row.split("\t")[3]).touch()
+            path = root / row.split("\t")[3]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     cfg["demo"] = {"enabled": False}
     cfg["samples"] = "resources/tcga/samples.tsv"
     cfg["clinical"] = "resources/tcga/clinical.tsv"
     (root / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def slurm_stall() -> str | None:
+    """A warning when SLURM's client is installed but no controller answers.
+
+    The SLURM executor plugin runs `scontrol show config` (10 s timeout) when imported, i.e. at
+    every snakemake start; on a cluster the controller answers in milliseconds.
+    """
+    if shutil.which("scontrol") is None:
+        return None
+    try:
+        ok = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15).returncode == 0
+    except subprocess.TimeoutExpired:
+        ok = False
+    if ok:
+        return None
+    return ("note: SLURM's client is installed but no slurmctld answers: every snakemake start here waits ~10 s "
+            "(the SLURM plugin's `scontrol show config`), included below; start the controller "
+            "(sudo bash .ci/slurm/start.sh) to time the DAG alone")
 
 
 def job_counts(stdout: str) -> dict[str, int]:
@@ -115,6 +143,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile one dry run in-process (top 25)")
     ap.add_argument("--missing", action="store_true", help="also dry-run with the slide files absent")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    ap.add_argument("--paths", choices=("one-folder", "per-cancer"), default="one-folder",
+                    help="slide layout: one folder (a path pattern) or per-cancer folders (a per-slide lookup)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more snakemake arguments")
     a = ap.parse_args()
 
@@ -122,8 +152,12 @@ def main() -> int:
     root = tmp / "repo"
     try:
         t0 = time.perf_counter()
-        write_cohort(root, a.slides, a.cancers)
-        print(f"cohort: {a.slides} slides, {a.cancers} cancers, written in {time.perf_counter() - t0:.1f} s → {root}")
+        write_cohort(root, a.slides, a.cancers, paths=a.paths)
+        print(f"cohort: {a.slides} slides, {a.cancers} cancers, slide paths {a.paths}, written in "
+              f"{time.perf_counter() - t0:.1f} s → {root}")
+        stall = slurm_stall()
+        if stall:
+            print(stall)
 
         times, cpus = [], []
         load = os.getloadavg()[0]
@@ -147,7 +181,7 @@ def main() -> int:
 
         if a.missing:
             miss = tmp / "missing"
-            write_cohort(miss, a.slides, a.cancers, touch=False)
+            write_cohort(miss, a.slides, a.cancers, touch=False, paths=a.paths)
             dt, res = run(miss, "-n", "--quiet", *a.extra)
             err = [l for l in (res.stdout + res.stderr).splitlines() if "Missing" in l or "Error" in l][:3]
             print(f"slide files absent: exit {res.returncode} after {dt:.1f} s: {' | '.join(err)}")

@@ -216,3 +216,15 @@ def test_multiscale_model_accepted_when_its_levels_are_patched(cfg):
     cfg["experts"]["model"] = "crossfusion"
     cfg["preprocess"]["context_mpp"] = [1.0, 2.0]
     validate_config(cfg, SCHEMA)
+
+
+def test_slide_path_pattern_only_when_every_row_fits():
+    from wsikt.config import slide_path_pattern
+
+    ids = ["TCGA-A1-0001-DX1", "TCGA-A1-0002-DX1"]
+    assert slide_path_pattern(ids, [f"/data/tcga/{s}.svs" for s in ids]) == "/data/tcga/{slide}.svs"
+    assert slide_path_pattern(ids, ["/data/a/TCGA-A1-0001-DX1.svs", "/data/b/TCGA-A1-0002-DX1.svs"]) is None
+    assert slide_path_pattern(ids, ["/d/TCGA-A1-0001-DX1.svs", "/d/TCGA-A1-0002-DX1.tiff"]) is None
+    assert slide_path_pattern(ids, [f"/d/{s}.uuid.svs" for s in ids]) == "/d/{slide}.uuid.svs"
+    assert slide_path_pattern(["a"], ["/d/{x}/a.svs"]) is None  # braces would be wildcards
+    assert slide_path_pattern(["a"], ["/d/b.svs"]) is None and slide_path_pattern([], []) is None

@@ -6,8 +6,9 @@ no accounting). The test needs no change to the library or the rules; two test-s
 * a probe: a ``sitecustomize.py`` on PYTHONPATH (sbatch exports the environment, the plugin's
   job-step wrapper drops only SLURM_* variables) records, for every Python process that runs inside
   a SLURM job, its argv, SLURM job id and CUDA_VISIBLE_DEVICES. Snakemake runs a rule's ``script:``
-  as ``python .snakemake/scripts/tmpXXXX.<script name>.py``, so each record names its rule.
-* a transient failure: the same probe makes the first ``preprocess_slide`` script process exit 3
+  as ``python .snakemake/scripts/tmpXXXX.<script name>.py``, and the per-slide ``shell:`` rules run
+  ``python -m wsikt.cli <rule> ...``, so each record names its rule.
+* a transient failure: the same probe makes the first ``preprocess_slide`` process exit 3
   (an O_EXCL marker file makes it exactly once); ``retries: 1`` in the profile must resubmit it.
 
 The outputs are then compared with a local ``--cores 2`` run of the same config.
@@ -51,17 +52,21 @@ pytest.importorskip("snakemake_executor_plugin_slurm", reason="snakemake-executo
 PROBE = textwrap.dedent(
     """
     # Test probe (tests/test_slurm.py), imported by every Python process via PYTHONPATH.
-    import json, os, sys
+    import json, os, re, sys
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("WSIKT_CI_PROBE_DIR"):
         _d = os.environ["WSIKT_CI_PROBE_DIR"]
         _argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-        _rec = dict(pid=os.getpid(), argv0=_argv0, argv=sys.argv[:40],
+        _m = re.match(r"tmp[^.]*\\.(\\w+)\\.py$", _argv0)  # script: rules
+        _rule = _m.group(1) if _m else None
+        if _argv0 == "-m" and len(sys.argv) > 1 and re.fullmatch(r"[a-z_]+", sys.argv[1]):
+            _rule = sys.argv[1]  # `python -m wsikt.cli <rule>`: at this point argv[0] is still '-m'
+        _rec = dict(pid=os.getpid(), argv0=_argv0, argv=sys.argv[:40], rule=_rule,
                     job=os.environ.get("SLURM_JOB_ID"), step=os.environ.get("SLURM_STEP_ID"),
                     cuda=os.environ.get("CUDA_VISIBLE_DEVICES"))
         with open(os.path.join(_d, "probe.jsonl"), "a") as _f:
             _f.write(json.dumps(_rec) + "\\n")
         _fail = os.environ.get("WSIKT_CI_FAIL_ONCE")
-        if _fail and _argv0.endswith("." + _fail + ".py"):
+        if _fail and _rule == _fail:
             try:
                 _fd = os.open(os.path.join(_d, "failed-once." + _fail), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
@@ -106,8 +111,7 @@ def _probe_records(probe_dir: Path) -> list[dict]:
 
 
 def _rule_of(record: dict) -> str | None:
-    m = re.match(r"tmp[^.]*\.(\w+)\.py$", record["argv0"])
-    return m.group(1) if m else None
+    return record.get("rule")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from workflow_helpers import copy_repo, dry_run_with, jobs_in_dry_run, snakemake
 
 pytestmark = pytest.mark.workflow
 
-PREPROCESSING_RULES = {"demo_cohort", "preprocess_slide", "extract_features", "build_labels", "make_splits"}
+PREPROCESSING_RULES = {"demo_cohort", "preprocess_slide", "extract_features", "bag_index", "build_labels", "make_splits"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,7 @@ def test_dry_run_lists_every_stage(tmp_path):
     assert jobs["preprocess_slide"] == jobs["extract_features"] >= sum(c["n_patients"] for c in cfg["demo"]["cancers"])
     assert jobs["make_splits"] == n_cancers
     assert jobs["train_expert"] == n_cancers * cfg["experts"]["folds"]
+    assert jobs["bag_index"] == n_cancers  # one feature list per cancer, read by every model rule
     assert jobs["transfer_matrix"] == jobs["report"] == 1
 
 
@@ -122,6 +123,7 @@ def test_encoder_change_reruns_features_not_preprocessing(demo_run, tmp_path):
                            "features:\n  encoder: resnet50\n  weights: resources/weights/resnet50.safetensors\n")
     n_slides = len(pd.read_csv(demo_run / "resources/demo/samples.tsv", sep="\t"))
     assert jobs["extract_features"] == n_slides
+    assert jobs["bag_index"] == len(yaml.safe_load((demo_run / "config/config.yaml").read_text())["demo"]["cancers"])
     assert jobs["train_expert"] > 0 and jobs["transfer_matrix"] == 1
     assert not {"demo_cohort", "preprocess_slide", "build_labels", "make_splits"} & set(jobs), jobs
 
@@ -148,7 +150,7 @@ def test_one_slide_added_reruns_only_it_and_its_cancer(demo_run, tmp_path):
     jobs = jobs_in_dry_run(added)
     folds = yaml.safe_load((demo_run / "config/config.yaml").read_text())["experts"]["folds"]
     assert jobs["preprocess_slide"] == jobs["extract_features"] == 1
-    assert jobs["build_labels"] == jobs["make_splits"] == 1  # its cancer only
+    assert jobs["build_labels"] == jobs["make_splits"] == jobs["bag_index"] == 1  # its cancer only
     assert jobs["train_expert"] == folds
     assert "demo_cohort" not in jobs
 

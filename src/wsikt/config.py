@@ -123,3 +123,25 @@ def validate_samples(samples: pd.DataFrame, schema_path: str | Path, source: str
     if len(dup):
         raise ConfigError(f"{source}: slide_id '{dup.iloc[0]}' appears twice; slide ids must be unique")
     return samples
+
+
+def slide_path_pattern(slide_ids: "pd.Series | list[str]", paths: "pd.Series | list[str]") -> str | None:
+    """A Snakemake pattern ``<prefix>{slide}<suffix>`` that gives every slide's path, or None.
+
+    Sample sheets usually keep slides in one folder named by slide id (GDC downloads and the demo
+    do); then the per-slide rules take this pattern instead of an input function, which Snakemake
+    would call once per slide and job while building the DAG. Any row that does not fit → None.
+    """
+    ids, ps = [str(s) for s in slide_ids], [str(p) for p in paths]
+    if not ids:
+        return None
+    first_id, first_path = ids[0], ps[0]
+    at = first_path.rfind(first_id)
+    if at < 0:
+        return None
+    prefix, suffix = first_path[:at], first_path[at + len(first_id):]
+    if any(c in prefix + suffix for c in "{}\\"):
+        return None  # braces would be read as wildcards; keep Windows-style paths on the lookup
+    if all(p == prefix + s + suffix for s, p in zip(ids, ps)):
+        return prefix + "{slide}" + suffix
+    return None

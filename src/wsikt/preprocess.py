@@ -41,6 +41,7 @@ class PatchSettings:
     qc_max_side: int = 1024
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "context_mpp", tuple(float(m) for m in self.context_mpp))  # JSON gives a list
         if self.contour_fn not in CONTOUR_FNS:
             raise ValueError(f"preprocess.contour_fn '{self.contour_fn}' must be one of {', '.join(CONTOUR_FNS)}")
         if self.grid not in ("global", "clam"):

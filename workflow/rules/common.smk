@@ -1,11 +1,19 @@
 # Config and sample sheet are validated here, before any job; input functions are named get_<what>.
+# Module-level code stays cheap: every job re-parses this file. Per-slide rules avoid per-job
+# Python where Snakemake allows (a path pattern instead of an input function, shell instead of
+# script), because at 12,000 slides each costs seconds of DAG building (benchmarks/dag_scale.py).
+import json
+import shlex
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from snakemake.logging import logger
 
-from wsikt.config import read_samples, validate_config
+from snakemake.settings.types import DeploymentMethod
+
+from wsikt.config import read_samples, slide_path_pattern, validate_config
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
 
@@ -45,19 +53,31 @@ SAMPLES = SAMPLES.set_index("slide_id", drop=False)
 CANCERS = sorted(SAMPLES["cancer"].unique())
 SLIDES_BY_CANCER = SAMPLES.groupby("cancer")["slide_id"].apply(sorted).to_dict()
 ROUPKT_TARGETS = CANCERS if config["roupkt"]["targets"] == "all" else sorted(config["roupkt"]["targets"])
+SLIDE_PATHS = dict(zip(SAMPLES["slide_id"], SAMPLES["path"]))
+
+# shell: rules run `python -m wsikt.cli`: that `python` is Snakemake's own interpreter, as for
+# script: rules, unless jobs run in a conda env or container (then that env's python).
+if not {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER} & set(workflow.deployment_settings.deployment_method):
+    shell.prefix(f"set -euo pipefail; PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
 
 
 def get_slide_path(wildcards):
     """The slide file of one slide id, from the sample sheet."""
-    return SAMPLES.at[wildcards.slide, "path"]
+    return SLIDE_PATHS[wildcards.slide]
+
+
+# A pattern when every slide is <folder>/<slide id><ext> (GDC downloads, the demo), else the lookup.
+SLIDE_INPUT = slide_path_pattern(SAMPLES["slide_id"], SAMPLES["path"]) or get_slide_path
 
 
 def get_mpp_override(wildcards):
     """The sample sheet's mpp override for a slide, or None."""
-    if "mpp" not in SAMPLES.columns:
-        return None
     value = SAMPLES.at[wildcards.slide, "mpp"]
     return None if pd.isna(value) else float(value)
+
+
+# Without an mpp column no slide has an override: a constant, not a per-slide function call.
+MPP_OVERRIDE = get_mpp_override if "mpp" in SAMPLES.columns else None
 
 
 def get_cancer_slides(wildcards):
@@ -86,15 +106,10 @@ def get_cancer_features(wildcards):
     ]
 
 
-def get_all_features(wildcards):
-    """Feature h5 files of every slide for one encoder."""
-    return [f"results/features/{wildcards.encoder}/{s}.h5" for s in SAMPLES["slide_id"]]
-
-
 def get_patch_settings():
-    """Patching settings (config key preprocess) as the library's PatchSettings fields."""
+    """Patching settings (config key preprocess) as the library's PatchSettings fields, as JSON."""
     p = config["preprocess"]
-    return dict(
+    return as_json(
         target_mpp=p["target_mpp"],
         patch_size=p["patch_size"],
         mpp_tolerance=p["mpp_tolerance"],
@@ -104,6 +119,26 @@ def get_patch_settings():
         grid=p["grid"],
         segmentation=p["segmentation"],
     )
+
+
+def get_feature_settings():
+    """Feature-extraction settings (config key features) as extract_features arguments, as JSON."""
+    f = config["features"]
+    return as_json(
+        batch_size=f["batch_size"],
+        num_workers=f["num_workers"],
+        device=f["device"],
+        weights=f["weights"],
+        hub=f["hub"],
+        precision=None if f["precision"] == "auto" else f["precision"],
+        compile=f["compile"],
+        prefetch=f["prefetch"],
+    )
+
+
+def as_json(**values):
+    """A shell: rule's settings param: one JSON object (sorted keys, so equal settings compare equal)."""
+    return json.dumps(values, sort_keys=True)
 
 
 def get_train_settings():

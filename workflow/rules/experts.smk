@@ -46,7 +46,7 @@ rule make_splits:
 rule train_expert:
     input:
         split="results/splits/{endpoint}/{cancer}.tsv",
-        features=get_cancer_features,
+        bags="results/bags/{encoder}/{cancer}.tsv",
     output:
         model="results/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/model.pt",
         predictions="results/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/predictions.tsv",
@@ -59,7 +59,6 @@ rule train_expert:
     resources:
         gpu=config["experts"]["gpus"],
     params:
-        slides=get_cancer_slides,
         settings=get_train_settings(),
         device=config["experts"]["device"],
     conda:

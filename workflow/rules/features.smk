@@ -1,5 +1,7 @@
 # Feature extraction: one h5 per slide per encoder (the encoder is a wildcard: several coexist).
 # With features.ingest set, existing CLAM/TRIDENT/.pt features are converted instead (no slides read).
+# Per-slide rules run `python -m wsikt.cli <rule>` (shell:, not script:): see common.smk. One bag
+# index per cancer lists (and checks) its feature files for every model-training rule downstream.
 
 
 if config["features"]["ingest"]:
@@ -16,15 +18,16 @@ if config["features"]["ingest"]:
             mpp=config["features"]["ingest_mpp"],
         conda:
             "../envs/wsikt.yaml"
-        script:
-            "../scripts/ingest_features.py"
+        shell:
+            "python -m wsikt.cli ingest_features --source {params.source:q} --slide-id {wildcards.slide:q}"
+            " --out {output:q} --encoder {wildcards.encoder:q} --mpp '{params.mpp}' --log {log:q} 2>> {log:q}"
 
 
 else:
 
     rule extract_features:
         input:
-            slide=get_slide_path,
+            slide=SLIDE_INPUT,
             patches="results/patches/{slide}.h5",
         output:
             "results/features/{encoder}/{slide}.h5",
@@ -36,15 +39,25 @@ else:
         resources:
             gpu=config["features"]["gpus"],
         params:
-            batch_size=config["features"]["batch_size"],
-            num_workers=config["features"]["num_workers"],
-            device=config["features"]["device"],
-            weights=config["features"]["weights"],
-            hub=config["features"]["hub"],
-            precision=None if config["features"]["precision"] == "auto" else config["features"]["precision"],
-            compile=config["features"]["compile"],
-            prefetch=config["features"]["prefetch"],
+            settings=get_feature_settings(),
         conda:
             "../envs/wsikt.yaml"
-        script:
-            "../scripts/extract_features.py"
+        shell:
+            "python -m wsikt.cli extract_features --slide {input.slide:q} --patches {input.patches:q}"
+            " --out {output:q} --encoder {wildcards.encoder:q} --settings {params.settings:q}"
+            " --threads {threads} --log {log:q} 2>> {log:q}"
+
+
+rule bag_index:
+    input:
+        features=get_cancer_features,
+    output:
+        "results/bags/{encoder}/{cancer}.tsv",
+    log:
+        "logs/bags/{encoder}/{cancer}.log",
+    params:
+        slides=get_cancer_slides,
+    conda:
+        "../envs/wsikt.yaml"
+    script:
+        "../scripts/bag_index.py"

@@ -1,10 +1,11 @@
 # Preprocessing: per slide, tissue segmentation (CLAM's algorithm and presets), aligned multi-level
 # patching at the target mpp, QC images. A bad slide gets empty outputs with a status (on_error: skip).
+# Per-slide rules run `python -m wsikt.cli <rule>` (shell:, not script:): see common.smk.
 
 
 rule preprocess_slide:
     input:
-        slide=get_slide_path,
+        slide=SLIDE_INPUT,
     output:
         tissue="results/tissue/{slide}.geojson",
         patches="results/patches/{slide}.h5",
@@ -16,10 +17,13 @@ rule preprocess_slide:
         "results/benchmarks/preprocess/{slide}.tsv"
     threads: 1
     params:
-        mpp_override=get_mpp_override,
+        mpp_override=MPP_OVERRIDE,
         settings=get_patch_settings(),
         on_error=config["preprocess"]["on_error"],
     conda:
         "../envs/wsikt.yaml"
-    script:
-        "../scripts/preprocess_slide.py"
+    shell:
+        "python -m wsikt.cli preprocess_slide --slide {input.slide:q} --slide-id {wildcards.slide:q}"
+        " --tissue {output.tissue:q} --patches {output.patches:q} --qc-tissue {output.qc_tissue:q}"
+        " --qc {output.qc:q} --settings {params.settings:q} --mpp-override '{params.mpp_override}'"
+        " --on-error {params.on_error} --log {log:q} 2>> {log:q}"

@@ -14,7 +14,7 @@ rule embed_cohort:
             fold=FOLDS,
         ),
         split="results/splits/{endpoint}/{cancer}.tsv",
-        features=get_cancer_features,
+        bags="results/bags/{encoder}/{cancer}.tsv",
     output:
         embeddings=f"{TRANSFER}/embeddings/{{cancer}}.h5",
         zero_shot=f"{TRANSFER}/zero_shot/{{cancer}}.tsv",
@@ -27,7 +27,6 @@ rule embed_cohort:
     resources:
         gpu=config["experts"]["gpus"],
     params:
-        slides=get_cancer_slides,
         device=config["experts"]["device"],
         chunk=config["transfer"]["chunk"],
     conda:
@@ -61,7 +60,7 @@ rule train_roupkt:
     input:
         embeddings=f"{TRANSFER}/embeddings/{{cancer}}.h5",
         split="results/splits/{endpoint}/{cancer}.tsv",
-        features=get_cancer_features,
+        bags="results/bags/{encoder}/{cancer}.tsv",
     output:
         model="results/roupkt/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/model.pt",
         predictions="results/roupkt/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/predictions.tsv",
@@ -75,7 +74,6 @@ rule train_roupkt:
     resources:
         gpu=config["experts"]["gpus"],
     params:
-        slides=get_cancer_slides,
         settings=get_train_settings(),
         roupkt=get_roupkt_settings(),
         device=config["experts"]["device"],
@@ -92,7 +90,7 @@ rule train_baseline:
         experts=expand(
             "results/experts/{{encoder}}/{{model}}/{{endpoint}}/{source}/fold{{fold}}/model.pt", source=CANCERS
         ),
-        features=get_cancer_features,
+        bags="results/bags/{encoder}/{cancer}.tsv",
     output:
         model="results/baselines/{encoder}/{model}/{endpoint}/{method}/{cancer}/fold{fold}/model.pt",
         predictions="results/baselines/{encoder}/{model}/{endpoint}/{method}/{cancer}/fold{fold}/predictions.tsv",
@@ -107,7 +105,6 @@ rule train_baseline:
     resources:
         gpu=config["experts"]["gpus"],
     params:
-        slides=get_cancer_slides,
         settings=get_train_settings(),
         baseline=get_baseline_settings(),
         device=config["experts"]["device"],

@@ -2,6 +2,7 @@
 import pandas as pd
 import torch
 
+from wsikt.bag_index import read_bag_index
 from wsikt.bags import load_patient_bags
 from wsikt.embeddings import embed_target, expert_key_from_path
 from wsikt.experts import load_expert
@@ -14,8 +15,7 @@ with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     p, target = snakemake.params, snakemake.wildcards.cancer
     split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
-    slides = pd.DataFrame({"slide_id": list(p.slides), "patient_id": list(p.slides.values())})
-    feature_path = {f.split("/")[-1][: -len(".h5")]: f for f in snakemake.input.features}
+    slides, feature_path = read_bag_index(snakemake.input.bags)
     experts = {expert_key_from_path(f): f for f in snakemake.input.experts}
     device = resolve_device(p.device)
     scales = getattr(load_expert(next(iter(experts.values())), device), "scales", None)  # multi-scale experts need them

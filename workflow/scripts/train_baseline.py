@@ -2,6 +2,7 @@
 import pandas as pd
 import torch
 
+from wsikt.bag_index import read_bag_index
 from wsikt.bags import load_patient_bags
 from wsikt.baselines import BaselineSettings, needs_bags, run_baseline_fold
 from wsikt.embeddings import expert_key_from_path
@@ -17,8 +18,7 @@ with log_to(snakemake.log[0]):
     device = resolve_device(p.device)
     bags = None
     if needs_bags(w.method):  # 'all' and 'merge' run the experts on the patches; head/mlp use cached embeddings
-        slides = pd.DataFrame({"slide_id": list(p.slides), "patient_id": list(p.slides.values())})
-        feature_path = {f.split("/")[-1][: -len(".h5")]: f for f in snakemake.input.features}
+        slides, feature_path = read_bag_index(snakemake.input.bags)
         scales = getattr(load_expert(next(iter(checkpoints.values())), device), "scales", None)
         bags = load_patient_bags(list(split["patient_id"]), slides, feature_path, scales)
     run_baseline_fold(

@@ -3,6 +3,7 @@ import pandas as pd
 import torch
 
 from wsikt.aggregators import model_scales
+from wsikt.bag_index import read_bag_index
 from wsikt.bags import load_patient_bags
 from wsikt.experts import TrainSettings, run_expert_fold
 from wsikt.features import resolve_device
@@ -12,8 +13,7 @@ with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
     split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
-    slides = pd.DataFrame({"slide_id": list(p.slides), "patient_id": list(p.slides.values())})
-    feature_path = {f.split("/")[-1][: -len(".h5")]: f for f in snakemake.input.features}
+    slides, feature_path = read_bag_index(snakemake.input.bags)
     settings = TrainSettings(model=snakemake.wildcards.model, **p.settings)
     scales = model_scales(settings.model, **settings.model_params)  # dsca/crossfusion read several magnifications
     bags = load_patient_bags(list(split["patient_id"]), slides, feature_path, scales)

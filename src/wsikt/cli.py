@@ -1,0 +1,118 @@
+"""Command line for the per-slide jobs: ``python -m wsikt.cli <rule> --option value ...``.
+
+The workflow's per-slide rules (12,000 jobs each at TCGA scale) call these through ``shell:``
+rather than ``script:``: Snakemake re-reads a ``script:`` file for every job while it builds the
+DAG, about a fifth of a 12k-slide dry run. Each subcommand is named after its rule, takes paths and
+values (settings as one JSON object, as the rule's ``params``) and writes one log file per job.
+The same commands process a single slide by hand, outside Snakemake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+from wsikt.logs import log_to
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}: {text[:80]!r}")
+    return value
+
+
+def _optional_float(text: str) -> float | None:
+    """'', 'None' or 'none' → None (Snakemake renders a None param as 'None'), else a float."""
+    if text.strip() in ("", "None", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or None, got {text!r}") from None
+
+
+def preprocess_slide(a: argparse.Namespace) -> None:
+    """Segment and patch one slide (a bad slide → empty outputs with its status)."""
+    from wsikt.preprocess import PatchSettings, preprocess_slide as run
+
+    run(a.slide, a.slide_id, a.tissue, a.patches, a.qc_tissue, a.qc, PatchSettings(**a.settings),
+        mpp_override=a.mpp_override, on_error=a.on_error)
+
+
+def extract_features(a: argparse.Namespace) -> None:
+    """Embed one slide's patches (all magnifications) with one encoder."""
+    import torch
+
+    from wsikt.features import extract_features as run
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    s = a.settings
+    run(a.slide, a.patches, a.out, encoder=a.encoder, batch_size=s.get("batch_size", 64),
+        num_workers=s.get("num_workers", 0), device=s.get("device", "auto"), weights=s.get("weights"),
+        allow_hub=s.get("hub", False), precision=s.get("precision"), compile=s.get("compile", False),
+        prefetch=s.get("prefetch", 2))
+
+
+def ingest_features(a: argparse.Namespace) -> None:
+    """One slide's features from an external CLAM/TRIDENT/.pt directory → wsikt's features h5."""
+    from wsikt.ingest import ingest_slide
+
+    ingest_slide(a.source, a.slide_id, a.out, encoder=a.encoder, mpp=a.mpp)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m wsikt.cli", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{preprocess_slide,extract_features,ingest_features}")
+
+    p = sub.add_parser("preprocess_slide", help=preprocess_slide.__doc__)
+    p.add_argument("--slide", required=True, help="the slide file")
+    p.add_argument("--slide-id", required=True)
+    p.add_argument("--tissue", required=True, help="output GeoJSON of tissue contours")
+    p.add_argument("--patches", required=True, help="output patch h5")
+    p.add_argument("--qc-tissue", required=True, help="output tissue QC PNG")
+    p.add_argument("--qc", required=True, help="output patch QC PNG")
+    p.add_argument("--settings", type=_json_object, required=True, help="PatchSettings fields as a JSON object")
+    p.add_argument("--mpp-override", type=_optional_float, default=None)
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip")
+    p.set_defaults(run=preprocess_slide)
+
+    p = sub.add_parser("extract_features", help=extract_features.__doc__)
+    p.add_argument("--slide", required=True)
+    p.add_argument("--patches", required=True, help="the slide's patch h5")
+    p.add_argument("--out", required=True, help="output features h5")
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--settings", type=_json_object, default={}, help="batch_size, num_workers, device, weights, hub, "
+                   "precision, compile, prefetch as a JSON object")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(run=extract_features)
+
+    p = sub.add_parser("ingest_features", help=ingest_features.__doc__)
+    p.add_argument("--source", required=True, help="the external features directory")
+    p.add_argument("--slide-id", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--mpp", type=_optional_float, default=None)
+    p.set_defaults(run=ingest_features)
+
+    for p in sub.choices.values():
+        p.add_argument("--log", default=None, help="append logging, stdout and stderr here (default: the terminal)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], None] = a.run
+    with log_to(a.log):
+        run(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
