@@ -45,6 +45,9 @@ def preprocess_slide(a: argparse.Namespace) -> None:
         mpp_override=a.mpp_override, on_error=a.on_error)
 
 
+FEATURE_SETTINGS = {"batch_size", "num_workers", "device", "weights", "allow_hub", "precision", "compile", "prefetch"}
+
+
 def extract_features(a: argparse.Namespace) -> None:
     """Embed one slide's patches (all magnifications) with one encoder."""
     import torch
@@ -53,11 +56,10 @@ def extract_features(a: argparse.Namespace) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    s = a.settings
-    run(a.slide, a.patches, a.out, encoder=a.encoder, batch_size=s.get("batch_size", 64),
-        num_workers=s.get("num_workers", 0), device=s.get("device", "auto"), weights=s.get("weights"),
-        allow_hub=s.get("hub", False), precision=s.get("precision"), compile=s.get("compile", False),
-        prefetch=s.get("prefetch", 2))
+    unknown = sorted(set(a.settings) - FEATURE_SETTINGS)
+    if unknown:
+        raise SystemExit(f"extract_features --settings: unknown key(s) {unknown}; allowed: {sorted(FEATURE_SETTINGS)}")
+    run(a.slide, a.patches, a.out, encoder=a.encoder, **a.settings)  # absent keys: the library's defaults
 
 
 def ingest_features(a: argparse.Namespace) -> None:
@@ -88,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patches", required=True, help="the slide's patch h5")
     p.add_argument("--out", required=True, help="output features h5")
     p.add_argument("--encoder", required=True)
-    p.add_argument("--settings", type=_json_object, default={}, help="batch_size, num_workers, device, weights, hub, "
-                   "precision, compile, prefetch as a JSON object")
+    p.add_argument("--settings", type=_json_object, default={}, help="any of " + ", ".join(sorted(FEATURE_SETTINGS))
+                   + " (wsikt.features.extract_features arguments) as a JSON object")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(run=extract_features)
 

@@ -129,7 +129,7 @@ def get_feature_settings():
         num_workers=f["num_workers"],
         device=f["device"],
         weights=f["weights"],
-        hub=f["hub"],
+        allow_hub=f["hub"],
         precision=None if f["precision"] == "auto" else f["precision"],
         compile=f["compile"],
         prefetch=f["prefetch"],
