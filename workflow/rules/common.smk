@@ -32,6 +32,7 @@ if config["demo"]["enabled"]:
         cancers=config["demo"]["cancers"],
         two_slide_fraction=config["demo"]["two_slide_fraction"],
         fraction_40x=config["demo"]["fraction_40x"],
+        appearance=config["demo"]["appearance"],
     )
     SAMPLES = sample_sheet(DEMO.slides, "resources/demo/slides")
     SAMPLES_TSV = "resources/demo/samples.tsv"

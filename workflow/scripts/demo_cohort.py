@@ -7,6 +7,7 @@ with log_to(snakemake.log[0]):
     cohort = plan_cohort(
         seed=demo["seed"], cancers=demo["cancers"],
         two_slide_fraction=demo["two_slide_fraction"], fraction_40x=demo["fraction_40x"],
+        appearance=demo["appearance"],
     )
     write_demo_cohort(
         cohort, list(snakemake.output.slides), snakemake.output.clinical, snakemake.output.samples,

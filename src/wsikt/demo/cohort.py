@@ -2,7 +2,10 @@
 
 Survival is planted from nuclear density ``u`` ∈ [0, 1] per patient via an accelerated failure time
 model, log T = log T0 − γ·(2u − 1) + σ·ε. Cancers with γ > 0 share the mechanism (denser = shorter
-survival), γ < 0 reverses it, γ = 0 carries no signal. Everything is a pure function of the seed.
+survival), γ < 0 reverses it, γ = 0 carries no signal. Each patient's slides also get their own
+stain, focus, stroma texture and nucleus size (independent of outcome), as slides from different
+sites and scanners do, so density is one image factor among several. Everything is a pure
+function of the seed.
 """
 
 from __future__ import annotations
@@ -42,13 +45,16 @@ def plan_cohort(
     noise_sd: float = 0.5,
     median_days: float = 1500.0,
     censor_max_days: float = 6000.0,
+    appearance: float = 0.6,
 ) -> DemoCohort:
     """Deterministic cohort plan; cheap (no image work), so the Snakefile can call it at parse time.
 
     ``cancers``: dicts with ``name`` (TCGA-CDR ``type``), ``code`` (2 letters in the barcode),
-    ``n_patients`` and ``mechanism`` ('shared', 'reversed' or 'none').
+    ``n_patients`` and ``mechanism`` ('shared', 'reversed' or 'none'). ``appearance`` scales how
+    much stain, focus, texture and nucleus size vary between patients (0 = every slide alike).
     """
     rng = np.random.default_rng(seed)
+    look_rng = np.random.default_rng([seed, 2])  # own stream: appearance never shifts the planted truth
     patients, slides = [], []
     for ci, spec in enumerate(cancers):
         gamma = strength * MECHANISM_GAMMA[spec["mechanism"]]
@@ -70,6 +76,8 @@ def plan_cohort(
                 dict(patient_id=pid, cancer=spec["name"], mechanism=spec["mechanism"], density=u,
                      true_risk=gamma * (2 * u - 1), time=time, event=event)
             )
+            look = _appearance(look_rng, appearance)  # one look per patient: same site, same scanner
+            patient_nucleus_um = nucleus_um * look.pop("nucleus_scale")
             n_slides = 2 if rng.uniform() < two_slide_fraction else 1
             for si in range(n_slides):
                 mpp = 0.25 if rng.uniform() < fraction_40x else 0.5
@@ -77,7 +85,7 @@ def plan_cohort(
                     dict(
                         slide_id=f"{pid}-01Z-00-DX{si + 1}", patient_id=pid, cancer=spec["name"], mpp=mpp,
                         density=float(np.clip(u + rng.normal(0, 0.03), 0, 1)), eosin=eosin,
-                        nucleus_um=nucleus_um, n_pieces=int(rng.integers(1, 4)),
+                        nucleus_um=patient_nucleus_um, n_pieces=int(rng.integers(1, 4)), **look,
                         render_seed=int(rng.integers(0, 2**31 - 1)), slide_um=slide_um,
                     )
                 )
@@ -88,35 +96,64 @@ def plan_cohort(
     return DemoCohort(patients_df, slides_df)
 
 
-def _decorrelate(patients: pd.DataFrame, slides: pd.DataFrame, cancer: str, seed: int, tries: int = 500) -> None:
-    """Permute a no-signal cancer's densities among its patients so that density ranks survival at
-    chance in the sample itself (Harrell's C closest to 0.5 over ``tries`` seeded permutations).
+def _appearance(rng: np.random.Generator, scale: float) -> dict:
+    """One patient's slide appearance, independent of outcome: what differs between real sites and scanners."""
+    return dict(
+        stain=float(np.exp(scale * 0.3 * rng.standard_normal())),
+        nucleus_tone=float(np.exp(scale * 0.2 * rng.standard_normal())),
+        nucleus_scale=float(np.exp(scale * 0.12 * rng.standard_normal())),
+        texture=float(0.3 + scale * rng.uniform(-0.25, 0.35)),
+        blur_um=float(scale * rng.uniform(0.0, 0.8)),
+        white_balance=tuple(float(v) for v in scale * 8.0 * rng.standard_normal(3)),
+    )
 
-    Drawn independently, 40 patients' densities happen to rank their survival with C ≈ 0.5 ± 0.05, and
-    every density-reading expert then "transfers" to the noise cancer by that accident. A balanced
-    sample makes the demo's no-signal claim checkable; outcomes are untouched, slides keep their
-    per-slide jitter, and the main random stream (every other cancer) is unchanged.
+
+def _patient_factors(patients: pd.DataFrame, slides: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """(F, n) per-patient image factors an expert could read: density and every appearance knob."""
+    first = slides.drop_duplicates("patient_id").set_index("patient_id")
+    look = first.loc[patients.loc[rows, "patient_id"]]
+    wb = np.stack(look["white_balance"].map(np.asarray).to_numpy())
+    cols = [patients.loc[rows, "density"].to_numpy(float), look["nucleus_um"].to_numpy(float)]
+    cols += [look[k].to_numpy(float) for k in ("stain", "nucleus_tone", "texture", "blur_um")]
+    return np.vstack(cols + list(wb.T))
+
+
+def _decorrelate(patients: pd.DataFrame, slides: pd.DataFrame, cancer: str, seed: int, sweeps: int = 40) -> None:
+    """Permute a no-signal cancer's outcomes among its patients so that every image factor (density,
+    stain, focus, nucleus size, ...) ranks survival at chance in the sample itself.
+
+    Drawn independently, 40 patients' factors happen to rank their survival with C ≈ 0.5 ± 0.05, and
+    every expert reading them then "transfers" to the noise cancer by that accident. A seeded swap
+    search minimises Σ (C_f − 0.5)² over the factors; slides and every other cancer are untouched.
     """
-    from wsikt.metrics import harrell_c
-
     rows = np.flatnonzero(patients["cancer"].to_numpy() == cancer)
-    u = patients.loc[rows, "density"].to_numpy()
-    time, event = patients.loc[rows, "time"].to_numpy(float), patients.loc[rows, "event"].to_numpy()
+    n = len(rows)
+    if n < 3:
+        return
+    factors = _patient_factors(patients, slides, rows)
+    time = patients.loc[rows, "time"].to_numpy(float)
+    event = patients.loc[rows, "event"].to_numpy(int)
     rng = np.random.default_rng([seed, 1_000_003])
-    best, best_gap = np.arange(len(u)), abs(harrell_c(time, event, u) - 0.5)
-    for _ in range(tries):
-        perm = rng.permutation(len(u))
-        gap = abs(harrell_c(time, event, u[perm]) - 0.5)
-        if gap < best_gap:
-            best, best_gap = perm, gap
-    new_u = u[best]
-    old = dict(zip(patients.loc[rows, "patient_id"], u))
-    new = dict(zip(patients.loc[rows, "patient_id"], new_u))
-    patients.loc[rows, "density"] = new_u
-    patients.loc[rows, "true_risk"] = 0.0
-    mask = slides["patient_id"].isin(new)
-    jitter = slides.loc[mask, "density"].to_numpy() - slides.loc[mask, "patient_id"].map(old).to_numpy()
-    slides.loc[mask, "density"] = np.clip(slides.loc[mask, "patient_id"].map(new).to_numpy() + jitter, 0, 1)
+
+    def cost(perm: np.ndarray) -> float:
+        t, e = time[perm], event[perm]  # patient k gets outcome perm[k]
+        i, j = np.nonzero((t[:, None] < t[None, :]) & (e[:, None] == 1))
+        if len(i) == 0:
+            return 0.0
+        c = (np.sign(factors[:, i] - factors[:, j]).mean(1) + 1) / 2
+        return float(np.square(c - 0.5).sum())
+
+    perm = np.arange(n)
+    best = cost(perm)
+    for _ in range(sweeps * n):
+        a, b = rng.choice(n, 2, replace=False)
+        trial = perm.copy()
+        trial[[a, b]] = trial[[b, a]]
+        c = cost(trial)
+        if c < best:
+            perm, best = trial, c
+    patients.loc[patients.index[rows], ["time", "event"]] = np.column_stack([time[perm], event[perm]]).astype(int)
+    patients.loc[patients.index[rows], "true_risk"] = 0.0
 
 
 def nuclei_density(u: float) -> float:
@@ -165,7 +202,8 @@ def _write_one(args: tuple[dict, str]) -> str:
     rng = np.random.default_rng(row["render_seed"])
     rgb = render_slide(
         rng, row["mpp"], row["slide_um"], nuclei_density(row["density"]), tuple(row["eosin"]),
-        row["nucleus_um"], row["n_pieces"],
+        row["nucleus_um"], row["n_pieces"], stain=row["stain"], nucleus_tone=row["nucleus_tone"],
+        texture=row["texture"], blur_um=row["blur_um"], white_balance=tuple(row["white_balance"]),
     )
     write_pyramid_tiff(path, rgb, row["mpp"], aperio=row["mpp"] < 0.3)
     return path

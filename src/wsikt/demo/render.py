@@ -46,11 +46,20 @@ def render_slide(
     eosin_rgb: tuple[int, int, int],
     nucleus_um: float,
     n_pieces: int,
+    stain: float = 1.0,
+    nucleus_tone: float = 1.0,
+    texture: float = 0.3,
+    blur_um: float = 0.0,
+    white_balance: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """RGB uint8 image of ``side_um`` µm at ``mpp`` µm/px with nuclei at the given mean density.
 
     Density varies smoothly in space (±25 %) around the mean; nuclei are dark purple ellipses
     drawn at full resolution so a 40x and a 20x scan show the same tissue at their own detail.
+    The appearance knobs model what varies between real slides without bearing on outcome:
+    ``stain`` and ``nucleus_tone`` scale eosin and haematoxylin optical density, ``texture`` is the
+    stroma's shade contrast, ``blur_um`` the scanner's focus (Gaussian σ in µm) and
+    ``white_balance`` an RGB offset (drawn at random when None).
     """
     coarse = tissue_shape(rng, side_um, n_pieces)
     n_coarse = coarse.shape[0]
@@ -60,13 +69,14 @@ def render_slide(
     tissue = cv2.resize(tissue_coarse, (side_px, side_px), interpolation=cv2.INTER_LINEAR) > 0.5
 
     texture_coarse = _smooth_noise(rng, (n_coarse, n_coarse), sigma=2.0)
-    texture = cv2.resize(texture_coarse, (side_px, side_px), interpolation=cv2.INTER_LINEAR)
+    texture_map = cv2.resize(texture_coarse, (side_px, side_px), interpolation=cv2.INTER_LINEAR)
     fine = rng.standard_normal((side_px // 4 + 1, side_px // 4 + 1)).astype(np.float32)
     fine = cv2.resize(fine, (side_px, side_px), interpolation=cv2.INTER_LINEAR)[:side_px, :side_px]
-    shade = (0.85 + 0.3 * texture + 0.04 * fine)[..., None]
+    shade = (1.0 + texture * (texture_map - 0.5) + 0.04 * fine)[..., None]
     img = np.full((side_px, side_px, 3), 243, np.float32)
-    img[tissue] = (np.asarray(eosin_rgb, np.float32)[None, :] * shade[tissue]).clip(0, 255)
-    img += rng.normal(0, 2.0, size=(1, 1, 3)).astype(np.float32)  # slide-level white balance
+    img[tissue] = (_scale_od(eosin_rgb, stain)[None, :] * shade[tissue]).clip(0, 255)
+    wb = rng.normal(0, 2.0, size=3) if white_balance is None else np.asarray(white_balance)
+    img += wb.astype(np.float32)[None, None, :]
     img = img.clip(0, 255).astype(np.uint8)
 
     # Nuclei: Poisson count over the tissue area, positions thinned by a smooth density field.
@@ -78,13 +88,21 @@ def render_slide(
     pts = pts[rng.uniform(size=len(pts)) < keep_p]
     px = (pts / mpp).astype(int).clip(0, side_px - 1)
     pts = pts[tissue[px[:, 1], px[:, 0]]]
+    nucleus_rgb = _scale_od((72, 40, 120), nucleus_tone)
     for x_um, y_um in pts:
         ax = max(1, int(round(nucleus_um * rng.uniform(0.8, 1.25) / mpp)))
         ay = max(1, int(round(ax * rng.uniform(0.6, 1.0))))
         tone = rng.uniform(0.75, 1.1)
-        colour = tuple(int(c * tone) for c in (72, 40, 120))
+        colour = tuple(int(c * tone) for c in nucleus_rgb)
         cv2.ellipse(img, (int(x_um / mpp), int(y_um / mpp)), (ax, ay), float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
+    if blur_um > 0:
+        img = cv2.GaussianBlur(img, (0, 0), blur_um / mpp)
     return img
+
+
+def _scale_od(rgb: tuple[int, int, int], factor: float) -> np.ndarray:
+    """``rgb`` with its optical density scaled by ``factor`` (a lighter or heavier stain)."""
+    return 255.0 * (np.asarray(rgb, np.float32).clip(1, 255) / 255.0) ** factor
 
 
 def write_pyramid_tiff(path: str | Path, rgb: np.ndarray, mpp: float, aperio: bool, quality: int = 85) -> None:
