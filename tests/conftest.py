@@ -7,12 +7,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from background_runs import BackgroundRun
+from slurm_run import slurm_cluster, slurm_started  # noqa: F401  (fixtures, used by tests/test_slurm.py)
+from workflow_helpers import copy_repo
+
 FIXTURE_SLIDES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "slides"
 
 # One tissue, scanned twice: same seed, so the tissue layout (drawn on a coarse µm grid) is identical.
 DEMO_SEED = 20240611
 DEMO_SIDE_UM = 1024.0
 DEMO_TISSUE = dict(nuclei_per_10k_um2=15.0, eosin_rgb=(228, 150, 200), nucleus_um=3.0, n_pieces=2)
+
+
+@pytest.fixture(scope="session")
+def demo_started(tmp_path_factory) -> BackgroundRun:
+    """The demo workflow, started on 2 cores in a fresh copy of the repo (tests/test_workflow.py waits)."""
+    run = BackgroundRun.start(copy_repo(tmp_path_factory.mktemp("demo") / "repo"), ["--cores", "2", "--quiet"])
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _long_runs_start_first(request) -> None:
+    """Start the demo and SLURM runs at the session's first test when any selected test needs them,
+    so their waits (job start-up, the SLURM queue) overlap the unit tests instead of following them."""
+    needed = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    for fixture in ("demo_started", "slurm_started"):
+        if fixture in needed:
+            request.getfixturevalue(fixture)
 
 
 @pytest.fixture(scope="session")
