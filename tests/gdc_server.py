@@ -199,10 +199,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             while sent < limit:
                 piece = payload[sent:min(limit, sent + 65536)]
-                self.wfile.write(piece)
-                sent += len(piece)
-                with srv.lock:
+                with srv.lock:  # counted before the write: the client may finish before this thread runs again
                     srv.bytes_sent[file_id] += len(piece)
+                try:
+                    self.wfile.write(piece)
+                except OSError:
+                    with srv.lock:
+                        srv.bytes_sent[file_id] -= len(piece)
+                    raise
+                sent += len(piece)
             self.wfile.flush()
         except OSError:
             return
