@@ -111,9 +111,9 @@ def _appearance(rng: np.random.Generator, scale: float) -> dict:
 def _patient_factors(patients: pd.DataFrame, slides: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     """(F, n) per-patient image factors an expert could read: density and every appearance knob."""
     first = slides.drop_duplicates("patient_id").set_index("patient_id")
-    look = first.loc[patients.loc[rows, "patient_id"]]
+    look = first.loc[patients["patient_id"].iloc[rows]]
     wb = np.stack(look["white_balance"].map(np.asarray).to_numpy())
-    cols = [patients.loc[rows, "density"].to_numpy(float), look["nucleus_um"].to_numpy(float)]
+    cols = [patients["density"].iloc[rows].to_numpy(float), look["nucleus_um"].to_numpy(float)]
     cols += [look[k].to_numpy(float) for k in ("stain", "nucleus_tone", "texture", "blur_um")]
     return np.vstack(cols + list(wb.T))
 
@@ -131,8 +131,8 @@ def _decorrelate(patients: pd.DataFrame, slides: pd.DataFrame, cancer: str, seed
     if n < 3:
         return
     factors = _patient_factors(patients, slides, rows)
-    time = patients.loc[rows, "time"].to_numpy(float)
-    event = patients.loc[rows, "event"].to_numpy(int)
+    time = patients["time"].iloc[rows].to_numpy(float)
+    event = patients["event"].iloc[rows].to_numpy(int)
     rng = np.random.default_rng([seed, 1_000_003])
 
     def cost(perm: np.ndarray) -> float:
