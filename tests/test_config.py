@@ -203,6 +203,7 @@ def test_sample_sheet_bad_cancer_code_names_row():
         (lambda c: c["preprocess"]["segmentation"].update(mthresh=8), "preprocess.segmentation.mthresh"),
         (lambda c: c["experts"].update(loss="cox", patients_per_step=8), "experts.patients_per_step"),
         (lambda c: c["experts"].update(model="crossfusion"), "preprocess.context_mpp"),
+        (lambda c: c["experts"]["null_gate"].update(inner_folds=1), "experts.null_gate.inner_folds"),
     ],
 )
 def test_inconsistent_keys_rejected_with_the_fix(cfg, edit, key):

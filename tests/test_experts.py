@@ -1,4 +1,4 @@
-"""Expert training: batched step == mean of batch-1 steps, Cox with a Breslow baseline, fold outputs, planted signal."""
+"""Expert training: batched step == mean of batch-1 steps, Cox with a Breslow baseline, fold outputs, planted signal, null gate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from wsikt.experts import (
-    TrainSettings, breslow_log_cumhaz, load_expert, new_expert, predict, run_expert_fold, step_loss, train_expert,
+    NullGate, TrainSettings, breslow_log_cumhaz, forward_all, life_table_logits, load_expert, new_expert, predict,
+    run_expert_fold, save_expert, step_loss, survival_times, train_expert,
 )
 from wsikt.models import MODELS, model_scales
 from wsikt.bags import PRIMARY
@@ -153,3 +154,113 @@ def test_run_expert_fold_writes_weights_predictions_and_metrics(loss, tmp_path):
         order = np.argsort(preds["risk"].to_numpy())
         assert np.all(np.diff(surv[order, -1]) <= 1e-7)
         assert model.loss == "cox" and np.isfinite(model.baseline_log_cumhaz[-1].item())
+
+
+# ---------------------------------------------------------------------------------------------
+# Null gate: an expert whose inner CV shows no signal predicts one curve for everyone
+# ---------------------------------------------------------------------------------------------
+
+
+def _noise_split(n: int = 48, folds: int = 3) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """The planted bags with outcomes shuffled among patients: nothing in the image predicts survival."""
+    split, bags = _split(n, folds)
+    perm = np.random.default_rng(11).permutation(n)
+    split[["time", "event"]] = split[["time", "event"]].to_numpy()[perm]
+    return split, bags
+
+
+def test_null_gate_turns_a_noise_expert_into_the_training_life_table(tmp_path):
+    from lifelines import KaplanMeierFitter
+
+    split, bags = _noise_split()
+    settings = TrainSettings(model="abmil", lr=1e-3, epochs=6, feature_norm="standardize", n_bins=8)
+    paths = [tmp_path / f for f in ("m.pt", "p.tsv", "m.json")]
+    metrics = run_expert_fold(split, bags, 0, settings, *paths, CPU, NullGate(inner_folds=3, min_c=0.55))
+    gate = metrics["null_gate"]
+    assert metrics["null"] and gate["null"] and gate["inner_c"] <= 0.55 and gate["inner_folds"] == 3
+    preds = pd.read_csv(paths[1], sep="\t")
+    surv = preds[[f"S_{k}" for k in range(8)]].to_numpy()
+    assert np.ptp(preds["risk"]) == 0 and metrics["c_index_test"] == 0.5  # one risk: every pair tied
+    # every row is the Kaplan-Meier curve of the training patients' time bins (censored survive their bin)
+    train = (split["fold"] != 0).to_numpy()
+    edges = fit_time_bins(split.time[train], split.event[train], "uniform", 8, 365.0)
+    km = KaplanMeierFitter().fit(assign_bins(split.time[train], edges), split.event[train])
+    np.testing.assert_allclose(surv[0], km.survival_function_at_times(np.arange(8)).to_numpy(), atol=1e-5)
+    # the checkpoint is a null expert too, and keeps the trained aggregator's embedding
+    model = load_expert(paths[0], CPU)
+    assert bool(model.is_null)
+    np.testing.assert_allclose(predict(model, bags, CPU)[0], surv, rtol=1e-5, atol=1e-6)
+    logits, emb = forward_all(model, bags, CPU)
+    model.make_null(None)
+    trained_logits, trained_emb = forward_all(model, bags, CPU)
+    np.testing.assert_array_equal(emb, trained_emb)
+    assert np.ptp(logits, axis=0).max() == 0 and np.ptp(trained_logits, axis=0).max() > 0
+
+
+def test_null_gate_keeps_an_expert_that_learnt_the_planted_signal(tmp_path):
+    split, bags = _split(48)
+    settings = TrainSettings(model="abmil", lr=1e-3, epochs=6, feature_norm="standardize", n_bins=8)
+    metrics = run_expert_fold(split, bags, 0, settings, *(tmp_path / f for f in ("m.pt", "p.tsv", "m.json")), CPU,
+                              NullGate(inner_folds=3, min_c=0.55))
+    assert not metrics["null"] and metrics["null_gate"]["inner_c"] > 0.65
+    assert not bool(load_expert(tmp_path / "m.pt", CPU).is_null)
+
+
+def test_null_cox_expert_is_the_nelson_aalen_curve(tmp_path):
+    from lifelines import NelsonAalenFitter
+
+    split, bags = _noise_split(60)
+    settings = TrainSettings(model="abmil", loss="cox", lr=1e-3, epochs=4, feature_norm="standardize", n_bins=8)
+    paths = [tmp_path / f for f in ("m.pt", "p.tsv", "m.json")]
+    metrics = run_expert_fold(split, bags, 0, settings, *paths, CPU, NullGate(inner_folds=2, min_c=0.99))
+    assert metrics["null"]
+    preds = pd.read_csv(paths[1], sep="\t")
+    assert np.all(preds["risk"] == 0.0)  # log-risk 0 for everyone
+    train = (split["fold"] != 0).to_numpy()
+    model = load_expert(paths[0], CPU)
+    edges = fit_time_bins(split.time[train], split.event[train], "uniform", 8, 365.0)
+    at = survival_times(edges, split.time[train].to_numpy())
+    na = NelsonAalenFitter(nelson_aalen_smoothing=False).fit(split.time[train], split.event[train])
+    expected = np.exp(-na.cumulative_hazard_at_times(at).to_numpy())
+    np.testing.assert_allclose(preds[[f"S_{k}" for k in range(8)]].to_numpy()[0], expected, rtol=1e-5)
+    assert bool(model.is_null)
+
+
+def test_life_table_logits_by_hand():
+    bins = np.array([0, 0, 1, 1, 1, 3])
+    events = np.array([1, 0, 1, 1, 0, 1])
+    h = torch.sigmoid(life_table_logits(bins, events, 5)).numpy()
+    # at risk 6, 4, 1, 1, 0; events 1, 2, 0, 1, 0
+    np.testing.assert_allclose(h, [1 / 6, 2 / 4, 1e-7, 1 - 1e-7, 1e-7], rtol=1e-4)
+
+
+def test_checkpoint_from_before_the_null_gate_loads_as_a_trained_expert(tmp_path):
+    bags, time, event = planted(n=16)
+    settings = TrainSettings(model="abmil", epochs=1, n_bins=4)
+    edges = fit_time_bins(time, event, "uniform", 4, 365.0)
+    model, _ = train_expert(bags, assign_bins(time, edges), event, 4, settings, CPU)
+    save_expert(tmp_path / "new.pt", model, 8, 4, edges, settings)
+    ckpt = torch.load(tmp_path / "new.pt", weights_only=True)
+    for key in ("is_null", "null_logits"):
+        del ckpt["state_dict"][key]
+    torch.save(ckpt, tmp_path / "old.pt")
+    old = load_expert(tmp_path / "old.pt", CPU)
+    assert not bool(old.is_null)
+    np.testing.assert_array_equal(predict(old, bags, CPU)[0], predict(load_expert(tmp_path / "new.pt", CPU), bags, CPU)[0])
+
+
+def test_parameter_averaging_uses_the_heads_even_of_null_experts(tmp_path):
+    from wsikt.baselines import merge_experts
+
+    bags, time, event = planted(n=16)
+    edges = fit_time_bins(time, event, "uniform", 4, 365.0)
+    paths = []
+    for seed in (0, 1):
+        model, _ = train_expert(bags, assign_bins(time, edges), event, 4, TrainSettings(model="abmil", epochs=1, n_bins=4, seed=seed), CPU)
+        if seed == 0:
+            model.make_null(life_table_logits(assign_bins(time, edges), event, 4))
+        paths.append(tmp_path / f"e{seed}.pt")
+        save_expert(paths[-1], model, 8, 4, edges, TrainSettings(model="abmil", n_bins=4))
+    merged = merge_experts(paths, CPU)
+    assert not bool(merged.is_null)
+    assert np.ptp(forward_all(merged, bags, CPU)[0], axis=0).max() > 0

@@ -70,7 +70,7 @@ def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds
         c = np.array(rows)
         summary.append({"cancer": cancer, "model": MODEL, "n_patients": n, "n_events": int(base["event"].sum()),
                         "folds": folds, "c_index_mean": float(np.nanmean(c)), "c_index_sd": float(np.nanstd(c, ddof=1)),
-                        "c_index_folds": ",".join(f"{v:.4f}" for v in c)})
+                        "c_index_folds": ",".join(f"{v:.4f}" for v in c), "null_folds": int(cancer == "CCC")})
         sp = base[["patient_id", "time", "event"]].assign(cancer=cancer, fold=fold_of)
         (r / f"splits/{EP}").mkdir(parents=True, exist_ok=True)
         (r / f"labels/{EP}").mkdir(parents=True, exist_ok=True)
@@ -137,6 +137,14 @@ def test_expert_table_equals_summary_and_ci_contains_mean(built):
         assert float(lo) <= float(c) <= float(hi)
 
 
+def test_null_experts_are_named_under_the_expert_table(built):
+    _, args, _, html, _ = built
+    summary = pd.read_csv(args["summary_tsv"], sep="\t").set_index("cancer")
+    note = html.split('id="null-experts">')[1].split("</p>")[0]
+    named = re.findall(r"(\w+) (\d+) of (\d+) folds", note)
+    assert named and named == [(c, str(r.null_folds), str(r.folds)) for c, r in summary.iterrows() if r.null_folds]
+
+
 def test_transfer_table_and_positive_counts_equal_matrix(built):
     _, args, _, html, _ = built
     matrix = pd.read_csv(args["matrix_tsv"], sep="\t")
@@ -146,7 +154,7 @@ def test_transfer_table_and_positive_counts_equal_matrix(built):
     counts = re.findall(r'<tr><td>(\w+)</td><td>\d+</td><td data-n05="(\d+)">\d+</td><td data-n06="(\d+)">', _table(html, "positive-table"))
     for target, n05, n06 in counts:
         off = matrix[(matrix["target"] == target) & (matrix["source"] != target)]["c_index_mean"]
-        assert (int(n05), int(n06)) == ((off >= 0.5).sum(), (off >= 0.6).sum())
+        assert (int(n05), int(n06)) == ((off > 0.5).sum(), (off > 0.6).sum())
     assert len(counts) == matrix["target"].nunique()
     assert positive_transfer(matrix)["n_sources"].eq(matrix["source"].nunique() - 1).all()
 

@@ -172,14 +172,14 @@ def test_matrix_shows_the_planted_structure(cohort):
         assert abs(m[(other, "NOI")] - 0.5) <= 0.1  # no signal to find in the target's labels
     # (a no-signal *source* expert may still latch onto an image direction by chance: not asserted)
     pos = positive_table(_matrix(cohort))
-    assert pos.set_index("target").at["SHA", "sources_ge_0.6"] == "SHB"
+    assert pos.set_index("target").at["SHA", "sources_above_0.6"] == "SHB"
 
 
 def test_positive_sources_thresholds_on_a_hand_matrix():
-    m = pd.DataFrame({"source": ["A", "B", "C", "T", "D"], "target": ["T"] * 5,
-                      "c_index_mean": [0.55, 0.72, 0.49, 0.9, 0.6]})
-    assert positive_sources(m, "T", 0.5) == ["B", "D", "A"]  # best first, self never included
-    assert positive_sources(m, "T", 0.6) == ["B", "D"]
+    m = pd.DataFrame({"source": ["A", "B", "C", "T", "D", "N"], "target": ["T"] * 6,
+                      "c_index_mean": [0.55, 0.72, 0.49, 0.9, 0.6, 0.5]})
+    assert positive_sources(m, "T", 0.5) == ["B", "D", "A"]  # best first, self never included; a null 0.5 is no transfer
+    assert positive_sources(m, "T", 0.6) == ["B"]  # strictly above: D sits on the threshold
 
 
 def test_selection_uses_training_patients_only(cohort):

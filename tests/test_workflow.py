@@ -104,6 +104,10 @@ def test_planted_signal_is_learnt(demo_run):
         assert summary.at[cancer, "c_index_mean"] >= 0.70, (cancer, summary.at[cancer, "c_index_mean"])
     for cancer in (c for c in summary.index if mechanism[c] == "none"):
         assert abs(summary.at[cancer, "c_index_mean"] - 0.5) <= 0.1, (cancer, summary.at[cancer, "c_index_mean"])
+        # inner CV finds nothing to learn, so every fold's expert is the null model (experts.null_gate)
+        assert summary.at[cancer, "null_folds"] == summary.at[cancer, "folds"], summary.loc[cancer].to_dict()
+    for cancer in planted:
+        assert summary.at[cancer, "null_folds"] == 0, summary.loc[cancer].to_dict()
 
 
 def test_second_run_does_nothing(demo_run):
@@ -268,8 +272,9 @@ def test_transfer_matrix_shows_the_planted_structure(demo_run):
             assert m.at[r, o] < 0.45 and m.at[o, r] < 0.45, (r, o)  # the reversed mechanism ranks backwards
     for n in (c for c in m.index if truth[c] == "none"):
         for s in m.index:
-            if s != n:  # every expert ranks the no-signal cancer at chance
+            if s != n:  # every expert ranks the no-signal cancer at chance, and its own expert every cancer
                 assert abs(m.at[s, n] - 0.5) <= 0.05, (s, n, m.at[s, n])
+                assert abs(m.at[n, s] - 0.5) <= 0.05, (n, s, m.at[n, s])
 
 
 def test_roupkt_beats_the_rare_cancers_own_expert(demo_run):

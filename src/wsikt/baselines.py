@@ -43,7 +43,7 @@ class BaselineSettings:
 
     method: str = "head"
     inner_folds: int = 3  # inner CV on the outer training fold that picks the source
-    candidates: str = "all"  # sources tried: 'all' others, or 'positive' (training-only C ≥ threshold)
+    candidates: str = "all"  # sources tried: 'all' others, or 'positive' (training-only C > threshold)
     merge_set: str = "all"  # experts averaged by 'merge': 'all' others or 'positive'
     threshold: float = 0.6
     mlp_hidden: int = 256
@@ -218,6 +218,7 @@ def merge_experts(checkpoints: list[str | Path], device: torch.device) -> nn.Mod
     avg = {k: (torch.stack([st[k].float() for st in states]).mean(0).to(ref[k].dtype) if ref[k].is_floating_point() else ref[k])
            for k in ref}
     models[0].load_state_dict(avg)
+    models[0].make_null(None)  # the averaged head is used, even where the first expert was a null model
     return models[0].eval()
 
 

@@ -66,6 +66,9 @@ def check_consistency(config: dict, source: str = "config") -> None:
             check_loss_config(exp["loss"], exp["patients_per_step"])
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+    if exp.get("null_gate", {}).get("inner_folds") == 1:
+        raise ConfigError(f"{source}: experts.null_gate.inner_folds 1 leaves no patient to train on: "
+                          "use 0 (off) or at least 2")
     if "model" in exp and target is not None:
         from wsikt.aggregators import PRIMARY, model_scales
         from wsikt.patching import mag_name

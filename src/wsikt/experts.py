@@ -25,6 +25,7 @@ from wsikt.bags import Bag, as_patient_bag, primary_features
 from wsikt.io import atomic_path, write_json, write_tsv
 from wsikt.losses import check_loss_config, cox_ph_loss, nll_loss
 from wsikt.metrics import evaluate_fold
+from wsikt.splits import inner_folds
 from wsikt.survival import assign_bins, fit_time_bins, harrell_c, risk_from_survival
 
 log = logging.getLogger("wsikt.experts")
@@ -49,6 +50,19 @@ class TrainSettings:
     bin_width_days: float = 365.0
     loss: str = "nll"  # 'nll' (discrete-time, T outputs) or 'cox' (one log-risk output, ≥16 patients per step)
     model_params: dict[str, Any] = field(default_factory=dict)  # the aggregator's own hyper-parameters
+
+
+@dataclass(frozen=True)
+class NullGate:
+    """Keep a trained expert only if inner CV on its training fold shows signal (config key experts.null_gate).
+
+    Otherwise the expert becomes the null model: one survival curve (the training fold's
+    life-table) for every patient. A fit to noise is not a neutral expert: C ignores scale, so
+    its chance slope along the image's main direction ranks other cancers far from 0.5.
+    """
+
+    inner_folds: int = 0  # 0 = off: every expert keeps its trained head (CROPKT)
+    min_c: float = 0.55  # pooled out-of-fold Harrell's C the inner experts must exceed
 
 
 def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -192,6 +206,54 @@ def fit_cox_baseline(model: Expert, train_times: np.ndarray, train_events: np.nd
     model.set_baseline(torch.as_tensor(log_h0, dtype=torch.float32))
 
 
+def expert_risk(model: Expert, bags: Sequence[Bag], device: torch.device) -> np.ndarray:
+    """Risk per patient (higher = shorter survival): the log-risk for Cox, −Σ S_k for NLL."""
+    if model.loss == "cox":
+        return forward_all(model, bags, device)[0][:, 0].astype(float)
+    return risk_from_survival(predict(model, bags, device)[0])
+
+
+def inner_cv_c(
+    split: pd.DataFrame, bags: Sequence[Bag], fold: int, settings: TrainSettings, n_inner: int, device: torch.device,
+) -> float:
+    """Harrell's C of out-of-fold risks pooled over ``n_inner`` inner experts on outer fold ``fold``'s training patients.
+
+    Inner folds are stratified like the outer ones; each inner expert fits its own time bins and is
+    trained exactly like the outer one. The risks are pooled (one C over all training patients)
+    because a small cohort's inner validation folds hold too few comparable pairs on their own.
+    The outer test fold is never read.
+    """
+    inner = inner_folds(split, fold, n_inner, settings.seed, key="experts.null_gate.inner_folds")
+    rows = split.index.get_indexer(inner.index)
+    labels = inner.to_numpy()
+    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
+    risk = np.full(len(split), np.nan)
+    for j in range(n_inner):
+        tr, va = rows[labels != j], rows[labels == j]
+        try:
+            edges = fit_time_bins(times[tr], events[tr], settings.bins_kind, settings.n_bins, settings.bin_width_days)
+        except ValueError as exc:
+            raise ValueError(f"experts.null_gate inner fold {j} of outer fold {fold}: {exc}; "
+                             "or lower experts.null_gate.inner_folds (0 = off)") from None
+        model, _ = train_expert([bags[i] for i in tr], assign_bins(times, edges)[tr], events[tr], len(edges) + 1,
+                                settings, device, times=times[tr])
+        risk[va] = expert_risk(model, [bags[i] for i in va], device)
+    return harrell_c(times[rows], events[rows], risk[rows])
+
+
+def life_table_logits(bins: np.ndarray, events: np.ndarray, n_bins: int, eps: float = 1e-7) -> torch.Tensor:
+    """Logits of the discrete-time hazards h_t = d_t / n_t (events in bin t over patients with bin ≥ t).
+
+    The Kaplan-Meier estimate on the binned times, censored patients surviving their own bin as
+    in the NLL loss; clipped to [eps, 1 − eps] so bins nobody reaches stay finite.
+    """
+    bins, events = np.asarray(bins), np.asarray(events).astype(bool)
+    at_risk = np.array([(bins >= t).sum() for t in range(n_bins)], float)
+    died = np.bincount(bins[events], minlength=n_bins)[:n_bins].astype(float)
+    h = np.clip(np.divide(died, at_risk, out=np.zeros(n_bins), where=at_risk > 0), eps, 1 - eps)
+    return torch.from_numpy(np.log(h) - np.log1p(-h)).float()
+
+
 def save_expert(path: str | Path, model: nn.Module, in_dim: int, n_bins: int, inner_edges: np.ndarray, settings: TrainSettings) -> None:
     """Weights plus what is needed to rebuild and reuse the expert, written atomically."""
     with atomic_path(path) as tmp:
@@ -207,7 +269,10 @@ def load_expert(path: str | Path, device: torch.device) -> Expert:
     ckpt = torch.load(path, map_location=device, weights_only=True)
     s = ckpt["settings"]
     model = build_model(s["model"], ckpt["in_dim"], ckpt["n_bins"], s["dropout"], s.get("loss", "nll"), **s.get("model_params", {}))
-    model.load_state_dict(ckpt["state_dict"])
+    state = dict(ckpt["state_dict"])
+    for key in ("is_null", "null_logits"):  # checkpoints from before the null gate: a trained head
+        state.setdefault(key, getattr(model, key))
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 
@@ -220,11 +285,13 @@ def run_expert_fold(
     out_predictions: str | Path,
     out_metrics: str | Path,
     device: torch.device,
+    gate: NullGate = NullGate(),
 ) -> dict:
     """Train on every fold but ``fold``, predict all patients, write weights, predictions and metrics.
 
     ``split`` rows (patient_id, cancer, time, event, fold) align with ``bags``. Time bins (and, for
-    Cox, the Breslow baseline) are fit on the training patients only.
+    Cox, the Breslow baseline) are fit on the training patients only. With ``gate.inner_folds`` the
+    expert becomes the null model unless inner CV on the training patients beats ``gate.min_c``.
     """
     train = (split["fold"] != fold).to_numpy()
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
@@ -235,6 +302,15 @@ def run_expert_fold(
     model, history = train_expert(
         [bags[i] for i in train_idx], bins[train_idx], events[train_idx], n_bins, settings, device, times=times[train_idx]
     )
+    gate_result = None
+    if gate.inner_folds:
+        inner_c = inner_cv_c(split, bags, fold, settings, gate.inner_folds, device)
+        is_null = not inner_c > gate.min_c  # NaN (no comparable pair) is no evidence either
+        if is_null:
+            model.make_null(torch.zeros(1) if settings.loss == "cox" else life_table_logits(bins[train_idx], events[train_idx], n_bins))
+        gate_result = {"inner_folds": gate.inner_folds, "min_c": gate.min_c, "inner_c": inner_c, "null": is_null}
+        log.info("%s fold %d: inner-CV C %.3f %s %.2f: %s", split["cancer"].iloc[0], fold, inner_c,
+                 "≤" if is_null else ">", gate.min_c, "null model (one risk for all)" if is_null else "trained expert kept")
     if settings.loss == "cox":
         logits, _ = forward_all(model, bags, device)
         fit_cox_baseline(model, times[train], events[train], logits[train, 0], edges)
@@ -258,6 +334,7 @@ def run_expert_fold(
         "eval_times": ev["eval_times"], "td_auc_per_time": ev["td_auc_per_time"], "metrics_reason": ev["reason"],
         "n_train": int(train.sum()), "n_test": int(test.sum()), "events_test": int(events[test].sum()),
         "loss_per_epoch": history, "settings": asdict(settings),
+        "null": bool(gate_result and gate_result["null"]), "null_gate": gate_result,
     }
     save_expert(out_model, model, primary_features(bags[0]).shape[1], n_bins, edges, settings)
     write_tsv(preds, out_predictions)
@@ -267,7 +344,7 @@ def run_expert_fold(
 
 
 def summarise_experts(metrics: list[dict]) -> pd.DataFrame:
-    """One row per cancer: mean ± sd of test C over folds, per-fold values."""
+    """One row per cancer: mean ± sd of test C over folds, per-fold values (experts: how many folds are null models)."""
     df = pd.DataFrame(metrics)
     rows = []
     for cancer, g in df.groupby("cancer", sort=True):
@@ -279,4 +356,6 @@ def summarise_experts(metrics: list[dict]) -> pd.DataFrame:
              "c_index_mean": float(np.nanmean(c)), "c_index_sd": float(np.nanstd(c, ddof=1)) if c.notna().sum() > 1 else float("nan"),
              "c_index_folds": ",".join(f"{v:.4f}" for v in c)}
         )
+        if "null" in g:  # experts (not ROUPKT): folds the null gate made the null model
+            rows[-1]["null_folds"] = int(g["null"].fillna(False).astype(bool).sum())
     return pd.DataFrame(rows)

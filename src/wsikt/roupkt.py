@@ -11,7 +11,7 @@ patients only) plus the other sources' experts. Other cancers' experts never saw
 so any of their folds is leak-free; ``source_folds='matched'`` (default) takes fold k of each
 source for outer fold k (one network per source, E = sources + 1), ``'all'`` takes every fold of
 every source as its own expert. ``expert_set='positive'`` keeps only sources whose zero-shot C on
-this fold's TRAINING patients reaches ``threshold`` (never the test fold).
+this fold's TRAINING patients is above ``threshold`` (never the test fold).
 
 Caveat (as in CROPKT): the self expert was trained on this fold's training patients, so its cached
 embeddings of those patients are in-sample and look more informative in training than on the
@@ -49,7 +49,7 @@ class RoupktSettings:
     """ROUPKT settings (config key roupkt.*); optimiser, epochs and bins come from TrainSettings (experts.*)."""
 
     topk: int = 5
-    expert_set: str = "all"  # 'all' or 'positive' (training-only zero-shot C ≥ threshold)
+    expert_set: str = "all"  # 'all' or 'positive' (training-only zero-shot C > threshold)
     threshold: float = 0.6
     source_folds: str = "matched"  # 'matched' (fold k of each source) or 'all' (every fold an expert)
     balance: str = "switch"  # 'switch': E·Σ f_e·P_e (f_e = top-1 share); 'top1': mean top-1 probability

@@ -53,13 +53,15 @@ def make_splits(patients: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.
     return df
 
 
-def inner_folds(split_df: pd.DataFrame, outer_fold: int, n_inner: int = 5, seed: int = 42) -> pd.Series:
+def inner_folds(split_df: pd.DataFrame, outer_fold: int, n_inner: int = 5, seed: int = 42,
+                key: str = "baselines.inner_folds") -> pd.Series:
     """Nested CV: inner folds in [0, n_inner) for the training patients of one outer fold only.
 
     Stratified like ``make_splits`` (the time-half median is the training patients' own), so
     hyper-parameters can be chosen without the outer test fold. Returns a Series named
     ``inner_fold`` indexed like the training rows of ``split_df`` (the outer fold's test patients
-    are absent); deterministic for a given seed and patient set.
+    are absent); deterministic for a given seed and patient set. ``key`` is the config key that
+    sets ``n_inner``, named in the error when the training fold is too small.
     """
     if outer_fold not in set(split_df["fold"]):
         raise ValueError(f"outer fold {outer_fold} is not in the split (folds {sorted(set(split_df['fold']))})")
@@ -67,7 +69,7 @@ def inner_folds(split_df: pd.DataFrame, outer_fold: int, n_inner: int = 5, seed:
     if len(train) < n_inner:
         raise ValueError(
             f"outer fold {outer_fold}: {len(train)} training patients cannot fill {n_inner} inner folds; "
-            "lower the number of inner folds (experts.inner_folds)"
+            f"lower {key}"
         )
     folds = _assign_folds(train.reset_index(drop=True), n_inner, seed)
     return pd.Series(folds, index=train.index, name="inner_fold").reindex(split_df.index[split_df["fold"] != outer_fold])

@@ -70,9 +70,12 @@ def transfer_matrix(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def positive_sources(matrix: pd.DataFrame, target: str, threshold: float) -> list[str]:
-    """Sources other than ``target`` whose mean C on ``target`` is ≥ ``threshold``, best first."""
+    """Sources other than ``target`` whose mean C on ``target`` is above ``threshold``, best first.
+
+    Strictly above: a null expert (one risk for every patient) scores exactly 0.5 and transfers nothing.
+    """
     g = matrix[(matrix["target"] == target) & (matrix["source"] != target)]
-    g = g[g["c_index_mean"] >= threshold].sort_values(["c_index_mean", "source"], ascending=[False, True])
+    g = g[g["c_index_mean"] > threshold].sort_values(["c_index_mean", "source"], ascending=[False, True])
     return list(g["source"])
 
 
@@ -83,8 +86,8 @@ def positive_table(matrix: pd.DataFrame, thresholds: Sequence[float] = POSITIVE_
         row: dict = {"target": target}
         for thr in thresholds:
             hit = positive_sources(matrix, target, thr)
-            row[f"n_ge_{thr}"] = len(hit)
-            row[f"sources_ge_{thr}"] = ",".join(hit)
+            row[f"n_above_{thr}"] = len(hit)
+            row[f"sources_above_{thr}"] = ",".join(hit)
         rows.append(row)
     return pd.DataFrame(rows)
 

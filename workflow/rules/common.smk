@@ -163,6 +163,11 @@ def get_train_settings():
     )
 
 
+def get_null_gate():
+    """The experts' null gate (config key experts.null_gate) as NullGate fields."""
+    return dict(config["experts"]["null_gate"])
+
+
 def get_roupkt_settings():
     """ROUPKT settings (config key roupkt, minus the target list) as RoupktSettings fields."""
     return {k: v for k, v in config["roupkt"].items() if k != "targets"}

@@ -60,6 +60,7 @@ rule train_expert:
         gpu=config["experts"]["gpus"],
     params:
         settings=get_train_settings(),
+        gate=get_null_gate(),
         device=config["experts"]["device"],
     conda:
         "../envs/wsikt.yaml"

@@ -5,7 +5,7 @@ import torch
 from wsikt.aggregators import model_scales
 from wsikt.bag_index import read_bag_index
 from wsikt.bags import load_patient_bags
-from wsikt.experts import TrainSettings, run_expert_fold
+from wsikt.experts import NullGate, TrainSettings, run_expert_fold
 from wsikt.features import resolve_device
 from wsikt.logs import log_to
 
@@ -19,5 +19,5 @@ with log_to(snakemake.log[0]):
     bags = load_patient_bags(list(split["patient_id"]), slides, feature_path, scales)
     run_expert_fold(
         split, bags, int(snakemake.wildcards.fold), settings, snakemake.output.model,
-        snakemake.output.predictions, snakemake.output.metrics, resolve_device(p.device),
+        snakemake.output.predictions, snakemake.output.metrics, resolve_device(p.device), NullGate(**p.gate),
     )

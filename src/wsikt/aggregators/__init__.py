@@ -53,6 +53,8 @@ class Expert(nn.Module):
         self.register_buffer("feature_std", torch.ones(shape))
         if loss == "cox":  # log H0 at the T survival time points; −inf (H0 = 0, S = 1) until fit
             self.register_buffer("baseline_log_cumhaz", torch.full((n_bins,), float("-inf")))
+        self.register_buffer("is_null", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("null_logits", torch.zeros(1 if loss == "cox" else n_bins))
 
     @property
     def scales(self) -> tuple[str, ...]:
@@ -67,6 +69,16 @@ class Expert(nn.Module):
         """Cox only: log of the baseline cumulative hazard H0 at the T survival time points."""
         self.baseline_log_cumhaz.copy_(log_cumhaz)
 
+    def make_null(self, logits: torch.Tensor | None) -> None:
+        """Replace the head's output by ``logits`` (T,) for every patient (one risk for all); None undoes it.
+
+        NLL: the baseline hazard logits of the training fold; Cox: a log-risk of 0 (the Breslow
+        baseline is then the Nelson-Aalen estimate).
+        """
+        self.is_null.fill_(logits is not None)
+        if logits is not None:
+            self.null_logits.copy_(logits.reshape(self.null_logits.shape))
+
     def collate(self, bags: Sequence[Bag], device: torch.device) -> Batch:
         """Padded tensors, masks and links of ``bags`` on ``device`` in the aggregator's layout."""
         return self.aggregator.collate(bags, device)
@@ -78,7 +90,10 @@ class Expert(nn.Module):
         mean, std = self.feature_mean.view(-1, self.feature_mean.shape[-1]), self.feature_std.view(-1, self.feature_std.shape[-1])
         for s in range(len(self.scales)):
             batch[f"rows{s}"] = (batch[f"rows{s}"] - mean[s]) / std[s]
-        return self.aggregator(batch)
+        out = self.aggregator(batch)
+        if bool(self.is_null):
+            out = {**out, "logits": self.null_logits.to(out["logits"].dtype).expand_as(out["logits"]).clone()}
+        return out
 
     def survival(self, logits: torch.Tensor) -> torch.Tensor:
         """Survival curves (B, T): Π(1 − sigmoid) for NLL; exp(−H0·e^{log-risk}) for Cox."""

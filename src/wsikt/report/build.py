@@ -21,9 +21,9 @@ from wsikt.report.facts import (
     ENDPOINTS, STAGE_ORDER, data_release, device_facts, format_seconds, runtime_per_stage, software_versions,
 )
 from wsikt.report.figures import km_panels, transfer_heatmap
+from wsikt.transfer import POSITIVE_THRESHOLDS, positive_table
 from wsikt.report.metrics import BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES, expert_metrics, load_fold_predictions
 
-POSITIVE_THRESHOLDS = (0.5, 0.6)
 _EXCLUSION_COLUMNS = ["patient_id", "cancer", "reason", "stage"]
 
 
@@ -106,18 +106,13 @@ def sample_qc(qc_pngs: list[str | Path], samples: pd.DataFrame, max_qc: int) -> 
 
 
 def positive_transfer(matrix: pd.DataFrame, thresholds=POSITIVE_THRESHOLDS) -> pd.DataFrame:
-    """Per target: sources (diagonal excluded) whose mean C reaches each threshold."""
-    rows = []
-    off = matrix[matrix["source"] != matrix["target"]]
-    for target in sorted(matrix["target"].unique()):
-        g = off[off["target"] == target]
-        row = {"target": target, "n_sources": int(len(g))}
-        for thr in thresholds:
-            hit = g[g["c_index_mean"] >= thr].sort_values("c_index_mean", ascending=False)
-            row[f"n_ge_{thr}"] = int(len(hit))
-            row[f"sources_ge_{thr}"] = ", ".join(hit["source"])
-        rows.append(row)
-    return pd.DataFrame(rows)
+    """Per target: sources (diagonal excluded) whose mean C is above each threshold, and how many there are."""
+    table = positive_table(matrix, thresholds)
+    others = matrix[matrix["source"] != matrix["target"]].groupby("target").size()
+    table.insert(1, "n_sources", table["target"].map(others).fillna(0).astype(int))
+    for thr in thresholds:
+        table[f"sources_above_{thr}"] = table[f"sources_above_{thr}"].str.replace(",", ", ")
+    return table
 
 
 def _fmt(v, digits=3, dash="—") -> str:
@@ -187,6 +182,8 @@ def build_report(
     folds = load_fold_predictions(prediction_tsvs)
     metrics, groups = expert_metrics(folds, n_boot=n_boot, seed=seed)
     experts = summary.merge(metrics, on="cancer", how="left") if len(metrics) else summary.assign(ci_low=np.nan, ci_high=np.nan)
+    if "null_folds" not in experts:  # a summary written before the null gate
+        experts["null_folds"] = 0
     km_png = km_panels(groups, endpoint)
 
     pivot = matrix.pivot(index="source", columns="target", values="c_index_mean")
