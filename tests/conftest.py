@@ -67,6 +67,17 @@ def demo_slide_pair(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Torch on 1 thread for tiny models: beside the background demo run, more threads only oversubscribe 2 cores."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def two_torch_threads():
     """Torch on 2 threads for the test (the CI machine's cores), restored afterwards."""
     import torch

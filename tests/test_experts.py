@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from wsikt.experts import (
-    NullGate, TrainSettings, breslow_log_cumhaz, forward_all, life_table_logits, load_expert, new_expert, predict,
+    NullGate, TrainSettings, breslow_log_cumhaz, forward_all, inner_cv_c, life_table_logits, load_expert, new_expert, predict,
     run_expert_fold, save_expert, step_loss, survival_times, train_expert,
 )
 from wsikt.models import MODELS, model_scales
@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 SINGLE_SCALE = [m for m in MODELS if model_scales(m) == (PRIMARY,)]
 
 
-pytestmark = pytest.mark.usefixtures("two_torch_threads")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted(seed: int = 0, n: int = 48, dim: int = 8, sizes=(3, 40)):
@@ -264,3 +264,14 @@ def test_parameter_averaging_uses_the_heads_even_of_null_experts(tmp_path):
     merged = merge_experts(paths, CPU)
     assert not bool(merged.is_null)
     assert np.ptp(forward_all(merged, bags, CPU)[0], axis=0).max() > 0
+
+
+def test_null_gate_never_reads_the_test_fold():
+    from test_transfer import poison_test_labels
+
+    split, bags = _split(36)
+    settings = TrainSettings(model="abmil", lr=1e-3, epochs=3, feature_norm="standardize", n_bins=8)
+    clean = inner_cv_c(split, bags, 0, settings, 3, CPU)
+    assert inner_cv_c(poison_test_labels(split, 0), bags, 0, settings, 3, CPU) == clean
+    # poisoning a training fold does move it, so the equality above is not vacuous
+    assert inner_cv_c(poison_test_labels(split, 1), bags, 0, settings, 3, CPU) != clean

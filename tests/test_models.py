@@ -20,7 +20,7 @@ FINE_PX = 256  # level-0 footprint of a 20x patch (level 0 = 20x); 10x = 512, 5x
 LEVELS = {"20x": 1, "10x": 2, "5x": 4}  # footprint multiple of the 20x patch
 
 
-pytestmark = pytest.mark.usefixtures("two_torch_threads")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------

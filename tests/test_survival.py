@@ -24,7 +24,7 @@ from wsikt.survival import (
 CPU = torch.device("cpu")
 
 
-pytestmark = pytest.mark.usefixtures("two_torch_threads")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +294,6 @@ def planted_toy(seed: int = 0, n: int = 40, dim: int = 8):
 
 @pytest.fixture(scope="module")
 def trained_toy():
-    torch.set_num_threads(2)
     bags, time, event = planted_toy()
     edges = fit_time_bins(time, event, "uniform", 32, 365.0)
     bins = assign_bins(time, edges)
