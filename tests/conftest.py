@@ -68,21 +68,11 @@ def demo_slide_pair(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def one_torch_thread():
-    """Torch on 1 thread for tiny models: beside the background demo run, more threads only oversubscribe 2 cores."""
+    """Torch on 1 thread (restored afterwards) for tiny models: beside the background demo run, more
+    threads only oversubscribe the 2 cores (measured: 2× slower test_experts/test_models/test_survival)."""
     import torch
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def two_torch_threads():
-    """Torch on 2 threads for the test (the CI machine's cores), restored afterwards."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
     yield
     torch.set_num_threads(old)
