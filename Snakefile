@@ -30,6 +30,14 @@ include: "workflow/rules/transfer.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds of reading small files: on a cluster they run on the submit host instead of queueing.
+localrules:
+    bag_index,
+    summarise_experts,
+    summarise_roupkt,
+    summarise_baseline,
+
+
 rule all:
     input:
         get_final_outputs(),
