@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DAG-scale benchmark: a dry run of the workflow on a TCGA-scale cohort (12,000 slides, 26 cancers).
 
-    python benchmarks/dag_scale.py                 # goal: dry run ≤ 30 s on a 2-core machine
+    python benchmarks/dag_scale.py                 # goal: dry run ≤ 30 s on a 2-core machine (≤ 15 s)
     python benchmarks/dag_scale.py --profile       # + cProfile of the dry run (top functions)
     python benchmarks/dag_scale.py --paths per-cancer   # slides in per-cancer folders: no path pattern
 
@@ -11,6 +11,8 @@ clinical table and a config with ``demo.enabled: false``. The slide files are cr
 a slide is an input file that no rule makes, so a dry run with a missing slide stops with
 MissingInputException (``--missing`` shows that). Then it times ``snakemake -n --quiet`` end to end
 (process start to exit, best of --repeat) and counts the jobs from a normal ``snakemake -n``.
+Finally a dry run under ``--profile profiles/slurm`` counts the feature-extraction submissions: one
+sbatch per feature batch job (rules ``extract_features_<cancer>_<k>``; goal ≤ slides / 25).
 """
 
 from __future__ import annotations
@@ -107,6 +109,11 @@ def slurm_stall() -> str | None:
             "(sudo bash .ci/slurm/start.sh) to time the DAG alone")
 
 
+def feature_jobs(counts: dict[str, int]) -> int:
+    """Jobs of the feature batch rules (extract_features_<cancer>_<k>), each one submission."""
+    return sum(n for rule, n in counts.items() if rule.startswith("extract_features"))
+
+
 def job_counts(stdout: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     lines = stdout.splitlines()
@@ -173,8 +180,18 @@ def main() -> int:
         best = min(times)
         print(f"snakemake -n --quiet: wall {', '.join(f'{t:.1f}' for t in times)} s (best {best:.1f} s); "
               f"CPU (user+sys) {', '.join(f'{c:.1f}' for c in cpus)} s; load average before: {load:.1f}")
+        per_rule = {k: v for k, v in counts.items() if k != "total" and not k.startswith("extract_features")}
         print(f"snakemake -n (job table): {dt:.1f} s; jobs: total {counts.get('total')}, "
-              + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "total"))
+              + ", ".join(f"{k} {v}" for k, v in per_rule.items())
+              + f", extract_features_* {feature_jobs(counts)} (batch rules)")
+        dt, res = run(root, "-n", "--profile", "profiles/slurm", *a.extra)
+        if res.returncode != 0:
+            print(res.stdout[-3000:], res.stderr[-3000:], sep="\n")
+            return 1
+        n_sub = feature_jobs(job_counts(res.stdout))
+        print(f"feature-extraction submissions: {n_sub} for {a.slides} slides under profiles/slurm "
+              f"({a.slides / max(n_sub, 1):.1f} slides per sbatch; goal ≤ {a.slides // 25}: "
+              f"{'PASS' if n_sub <= a.slides / 25 else 'OVER'}; dry run {dt:.1f} s)")
         print(f"goal ≤ {a.goal:.0f} s: {best:.1f} s = {best / a.goal:.2f}× the goal → {'PASS' if best <= a.goal else 'OVER'}")
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
               f"snakemake {subprocess.run([SNAKEMAKE, '--version'], capture_output=True, text=True).stdout.strip()}")

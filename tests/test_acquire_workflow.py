@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from wsikt.feature_batches import plan_batches
 from workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -104,7 +105,10 @@ def test_tcga_dry_run_from_recorded_sheet_needs_no_network(tmp_path):
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = jobs_in_dry_run(dry)
     assert "query_gdc" not in jobs
-    assert jobs["download_slide"] == jobs["preprocess_slide"] == jobs["extract_features"] == 12
+    assert jobs["download_slide"] == jobs["preprocess_slide"] == 12
+    spj = yaml.safe_load((workdir / "config/test_tcga.yaml").read_text())["features"]["slides_per_job"]
+    by_cancer = pd.DataFrame(rows).groupby("cancer")["slide_id"].apply(list).to_dict()
+    assert jobs["extract_features"] == len(plan_batches(by_cancer, spj)) < 12  # one job per batch of slides
     assert jobs["train_expert"] == 2 * 5
 
 
@@ -121,3 +125,51 @@ def test_labels_from_an_xlsx_cdr_table(tmp_path):
     assert list(labels["patient_id"]) == ["TCGA-AA-0001"]
     reasons = dict(zip(excluded["patient_id"], excluded["reason"]))
     assert reasons == {"TCGA-AA-0002": "missing DSS", "TCGA-AA-0003": "no clinical row"}
+
+
+def test_downloaded_slides_on_disk_stay_bounded(tmp_path, fixture_slides):
+    """gdc.keep_slides false: slides are deleted once patched and embedded, and at most
+    gdc.batches_on_disk feature batches of slides are on disk at once (counted while the run goes on)."""
+    import threading
+    import time
+
+    srv = FakeGDC()
+    data = (fixture_slides / "small.svs").read_bytes()  # a real (tiny) slide: preprocessing finds no tissue
+    for i in range(14):
+        fid = f"disk{i:02d}-0000-4000-8000-000000000000"
+        srv.add_file(fid, f"TCGA-DD-{i:04d}-01Z-00-DX1.{fid.upper()}.svs", "TCGA-DDDD", f"TCGA-DD-{i:04d}", data=data)
+    srv.thread.start()
+    try:
+        workdir = _tcga_copy(tmp_path, srv.url)
+        cfg = yaml.safe_load((workdir / "config/test_tcga.yaml").read_text())
+        cfg["gdc"].update(projects=["TCGA-DDDD"], keep_slides=False, batches_on_disk=1)
+        cfg["features"].update(encoder="demo", weights=None, device="cpu", gpus=0, num_workers=0, threads=1,
+                               slides_per_job=3)
+        (workdir / "config/test_tcga.yaml").write_text(yaml.safe_dump(cfg))
+        args = ("--configfile", "config/test_tcga.yaml")
+        assert snakemake(workdir, "--cores", "1", *args).returncode == 0  # the query writes the sheet
+        sheet = pd.read_csv(workdir / "resources/gdc/samples.tsv", sep="\t")
+        batches = plan_batches(sheet.groupby("cancer")["slide_id"].apply(list).to_dict(), 3)
+        assert len(batches) >= 3, batches  # else the bound would be the whole cohort
+        bound = max(len(b) for b in batches.values())  # batches_on_disk (1) batches of slides
+        slide_dir = workdir / cfg["gdc"]["slide_dir"]
+        peak, stop = [0], threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                if slide_dir.exists():
+                    peak[0] = max(peak[0], sum(1 for p in slide_dir.iterdir() if ".svs" in p.name))
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        targets = [f"results/features/demo/{s}.h5" for s in sheet["slide_id"]]
+        run = snakemake(workdir, *targets, "--cores", "2", "--resources", "gdc_connections=2", *args)
+        stop.set()
+        watcher.join()
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert all((workdir / t).exists() for t in targets)
+        assert not list(slide_dir.glob("*.svs")), "every slide is deleted once patched and embedded"
+        assert 1 <= peak[0] <= bound, (peak[0], bound, {k: len(v) for k, v in batches.items()})
+    finally:
+        srv.shutdown()

@@ -17,7 +17,9 @@ import torch
 
 from wsikt import encoders
 from wsikt.encoders import EncoderSpec, build_encoder, get_encoder_spec, weights_hash
-from wsikt.features import LOADER_CHUNK, PatchDataset, extract_features, load_features, loader_chunk, read_patch_h5
+from wsikt.features import ExtractionError, extract_features, load_features
+from wsikt.patch_embedding import LOADER_CHUNK, PatchDataset, loader_chunk
+from wsikt.patch_h5 import read_patch_file
 from wsikt.slide import slide_mpp
 
 CMU = "CMU-1-Small-Region.svs"
@@ -128,7 +130,8 @@ def test_single_level_features_keep_coords_exactly(cmu, tmp_path):
 
 
 def test_all_magnifications_written(cmu):
-    mags, names = read_patch_h5(cmu["multi"])
+    pf = read_patch_file(cmu["multi"])
+    mags, names = pf.mags, pf.names
     assert names == ["20x", "10x"] and [m.name for m in mags] == ["20x", "10x"]
     with h5py.File(cmu["multi"], "r") as p, h5py.File(cmu["features"], "r") as f:
         assert list(f.attrs["magnifications"]) == ["20x", "10x"] and f.attrs["primary"] == "20x"
@@ -238,7 +241,7 @@ def test_workers_start_after_the_parent_used_opencv_threads(cmu, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the hung workers too
         proc.wait()
         pytest.fail("DataLoader workers hung after the parent used OpenCV's thread pool")
-    assert np.array_equal(load_features(out).shape, (len(read_patch_h5(cmu["single"])[0][0].coords), 64))
+    assert np.array_equal(load_features(out).shape, (len(read_patch_file(cmu["single"]).mags[0].coords), 64))
 
 
 def test_nan_features_fail_and_leave_no_file(cmu, tmp_path, monkeypatch):
@@ -253,7 +256,7 @@ def test_nan_features_fail_and_leave_no_file(cmu, tmp_path, monkeypatch):
                        precision="fp32", weights="test", build=NaNEncoder, needs_weights=False)
     monkeypatch.setitem(encoders.REGISTRY, "nan", spec)
     out = tmp_path / "nan.h5"
-    with pytest.raises(ValueError, match=r"encoder 'nan' produced NaN/inf for 1 patches"):
+    with pytest.raises(ExtractionError, match=r"encoder 'nan' produced NaN/inf for 1 patches"):
         extract_features(cmu["slide"], cmu["single"], out, "nan", batch_size=200, device="cpu")
     assert not out.exists() and not list(tmp_path.glob(".*.partial"))
 
@@ -284,14 +287,14 @@ def test_transient_read_error_reopens_and_retries_once(fixture_slides):
     class FlakyOnce(PatchDataset):
         opened = failures = 0
 
-        def _read(self, x, y, level, size):
-            if self._slide is None:
+        def _read(self, k, x, y, level, size):
+            if k not in self._handles:
                 FlakyOnce.opened += 1
             if FlakyOnce.failures == 0:
                 FlakyOnce.failures += 1
-                self._slide = object()  # a handle in a sticky error state
+                self._handles[k] = object()  # a handle in a sticky error state
                 raise openslide.OpenSlideError("transient")
-            return super()._read(x, y, level, size)
+            return super()._read(k, x, y, level, size)
 
     ds = FlakyOnce(fixture_slides / "small.svs", np.array([[0, 0]]), level=0, read_size=16, patch_size=16)
     x, ok = ds[0]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slurm_run import FAIL_RULE, TIMEOUT_S
+from slurm_run import CONFIG, FAIL_RULE, TIMEOUT_S
 
 pytestmark = pytest.mark.slurm
 
@@ -83,6 +83,28 @@ def test_gpu_rules_see_a_gpu(runs):
     # ... and CPU rules get none.
     assert by_rule.get("preprocess_slide") == {None}, by_rule
     assert by_rule.get("extract_features") == {None}, by_rule  # features.gpus 0 in the test config
+
+
+def test_features_are_embedded_in_one_sbatch_job_per_batch(runs):
+    """Each feature batch (content-defined, ~slides_per_job slides) is one SLURM job that builds the encoder once."""
+    import yaml
+
+    from wsikt.feature_batches import plan_batches
+
+    workdir = runs["slurm"]
+    sheet = pd.read_csv(workdir / "resources/demo/samples.tsv", sep="\t")
+    spj = yaml.safe_load((workdir / CONFIG).read_text())["features"]["slides_per_job"]
+    batches = plan_batches(sheet.groupby("cancer")["slide_id"].apply(list).to_dict(), spj)
+    jobs = {r["job"] for r in _probe_records(runs["probe"]) if _rule_of(r) == "extract_features"}
+    assert len(jobs) == len(batches) <= -(-len(sheet) // spj) + sheet["cancer"].nunique(), (jobs, batches)
+    assert len(jobs) < len(sheet)
+    logs = {p.stem: p.read_text() for p in (workdir / "logs/features/demo").glob("*.log")}
+    assert set(logs) == set(batches), (sorted(logs), sorted(batches))
+    for name, text in logs.items():
+        assert text.count("built once") == 1, (name, text[-2000:])
+        assert f"built once for {len(batches[name])} slides" in text, text[-2000:]
+        for slide in batches[name]:
+            assert (workdir / f"results/features/demo/{slide}.h5").exists()
 
 
 def test_transient_failure_is_retried(runs):

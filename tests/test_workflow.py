@@ -12,7 +12,9 @@ import yaml
 import zipfile
 
 from browser_check import CHROMIUM, check_in_browser
-from workflow_helpers import copy_repo, dry_run_with, jobs_in_dry_run, snakemake
+from wsikt.demo.cohort import plan_cohort, sample_sheet
+from wsikt.feature_batches import plan_batches
+from workflow_helpers import copy_repo, dry_run_with, jobs_in_dry_run, rules_in_dry_run, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -28,6 +30,14 @@ def demo_run(demo_started) -> Path:
     return demo_started.workdir
 
 
+def _demo_sheet(workdir: Path) -> pd.DataFrame:
+    """The demo's sample sheet as the Snakefile plans it (no run needed)."""
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())["demo"]
+    demo = plan_cohort(seed=cfg["seed"], cancers=cfg["cancers"], two_slide_fraction=cfg["two_slide_fraction"],
+                       fraction_40x=cfg["fraction_40x"], appearance=cfg["appearance"])
+    return sample_sheet(demo.slides, "resources/demo/slides")
+
+
 def _summary(workdir: Path) -> pd.DataFrame:
     return pd.read_csv(workdir / "results/experts/demo/abmil/OS/summary.tsv", sep="\t").set_index("cancer")
 
@@ -40,7 +50,11 @@ def test_dry_run_lists_every_stage(tmp_path):
     cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
     n_cancers = len(cfg["demo"]["cancers"])
     assert jobs["demo_cohort"] == 1
-    assert jobs["preprocess_slide"] == jobs["extract_features"] >= sum(c["n_patients"] for c in cfg["demo"]["cancers"])
+    assert jobs["preprocess_slide"] >= sum(c["n_patients"] for c in cfg["demo"]["cancers"])
+    # One feature job per content-defined batch of ~features.slides_per_job slides, not one per slide.
+    sheet = _demo_sheet(workdir)
+    batches = plan_batches(sheet.groupby("cancer")["slide_id"].apply(list).to_dict(), cfg["features"]["slides_per_job"])
+    assert jobs["extract_features"] == len(batches) < jobs["preprocess_slide"] / 4
     assert jobs["make_splits"] == n_cancers
     assert jobs["train_expert"] == n_cancers * cfg["experts"]["folds"]
     assert jobs["bag_index"] == n_cancers  # one feature list per cancer, read by every model rule
@@ -125,8 +139,9 @@ def test_training_change_reruns_no_preprocessing(demo_run, tmp_path):
 def test_encoder_change_reruns_features_not_preprocessing(demo_run, tmp_path):
     _, jobs = dry_run_with(demo_run, tmp_path / "encoder.yaml",
                            "features:\n  encoder: resnet50\n  weights: resources/weights/resnet50.safetensors\n")
-    n_slides = len(pd.read_csv(demo_run / "resources/demo/samples.tsv", sep="\t"))
-    assert jobs["extract_features"] == n_slides
+    sheet = pd.read_csv(demo_run / "resources/demo/samples.tsv", sep="\t")
+    spj = yaml.safe_load((demo_run / "config/config.yaml").read_text())["features"]["slides_per_job"]
+    assert jobs["extract_features"] == len(plan_batches(sheet.groupby("cancer")["slide_id"].apply(list).to_dict(), spj))
     assert jobs["bag_index"] == len(yaml.safe_load((demo_run / "config/config.yaml").read_text())["demo"]["cancers"])
     assert jobs["train_expert"] > 0 and jobs["transfer_matrix"] == 1
     assert not {"demo_cohort", "preprocess_slide", "build_labels", "make_splits"} & set(jobs), jobs
@@ -152,8 +167,14 @@ def test_one_slide_added_reruns_only_it_and_its_cancer(demo_run, tmp_path):
     added = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(own))
     assert added.returncode == 0, added.stdout[-2000:]
     jobs = jobs_in_dry_run(added)
-    folds = yaml.safe_load((demo_run / "config/config.yaml").read_text())["experts"]["folds"]
+    cfg = yaml.safe_load((demo_run / "config/config.yaml").read_text())
+    folds = cfg["experts"]["folds"]
     assert jobs["preprocess_slide"] == jobs["extract_features"] == 1
+    # The one feature job is the batch the new slide falls in; the other slides of the cohort keep theirs.
+    new_sheet = pd.read_csv(demo_run / "resources/own/samples.tsv", sep="\t")
+    batches = plan_batches(new_sheet.groupby("cancer")["slide_id"].apply(list).to_dict(), cfg["features"]["slides_per_job"])
+    (rule,) = [r for r in rules_in_dry_run(added) if r.startswith("extract_features_")]
+    assert extra["slide_id"] in batches[rule.removeprefix("extract_features_")]
     assert jobs["build_labels"] == jobs["make_splits"] == jobs["bag_index"] == 1  # its cancer only
     assert jobs["train_expert"] == folds
     assert "demo_cohort" not in jobs

@@ -32,7 +32,19 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.Comp
 
 
 def jobs_in_dry_run(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule → job count from the 'Job stats' table of a dry run."""
+    """Rule → job count from the 'Job stats' table of a dry run.
+
+    The feature batch rules (extract_features_<cancer>_<k>, one job each) count as 'extract_features'.
+    """
+    counts: dict[str, int] = {}
+    for rule, n in rules_in_dry_run(result).items():
+        key = "extract_features" if rule.startswith("extract_features_") else rule
+        counts[key] = counts.get(key, 0) + n
+    return counts
+
+
+def rules_in_dry_run(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule → job count from the 'Job stats' table of a dry run, every rule by its own name."""
     counts: dict[str, int] = {}
     lines = result.stdout.splitlines()
     try:

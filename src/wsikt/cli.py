@@ -1,10 +1,11 @@
-"""Command line for the per-slide jobs: ``python -m wsikt.cli <rule> --option value ...``.
+"""Command line for the per-slide and feature batch jobs: ``python -m wsikt.cli <rule> --option value ...``.
 
 The workflow's per-slide rules (12,000 jobs each at TCGA scale) call these through ``shell:``
 rather than ``script:``: Snakemake re-reads a ``script:`` file for every job while it builds the
 DAG, about a fifth of a 12k-slide dry run. Each subcommand is named after its rule, takes paths and
 values (settings as one JSON object, as the rule's ``params``) and writes one log file per job.
-The same commands process a single slide by hand, outside Snakemake.
+``extract_features`` takes one or many slides (``--slide``/``--patches``/``--out`` in the same
+order) and builds the encoder once. The same commands process slides by hand, outside Snakemake.
 """
 
 from __future__ import annotations
@@ -49,17 +50,21 @@ FEATURE_SETTINGS = {"batch_size", "num_workers", "device", "weights", "allow_hub
 
 
 def extract_features(a: argparse.Namespace) -> None:
-    """Embed one slide's patches (all magnifications) with one encoder."""
-    import torch
-
-    from wsikt.features import extract_features as run
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    """Embed slides' patches (all magnifications) with one encoder, built once for all of them."""
     unknown = sorted(set(a.settings) - FEATURE_SETTINGS)
     if unknown:
         raise SystemExit(f"extract_features --settings: unknown key(s) {unknown}; allowed: {sorted(FEATURE_SETTINGS)}")
-    run(a.slide, a.patches, a.out, encoder=a.encoder, **a.settings)  # absent keys: the library's defaults
+    if not len(a.slide) == len(a.patches) == len(a.out):
+        raise SystemExit(f"extract_features: {len(a.slide)} --slide, {len(a.patches)} --patches and {len(a.out)} --out "
+                         "paths; give one of each per slide, in the same order")
+    import torch
+
+    from wsikt.features import SlideJob, extract_slides
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    jobs = [SlideJob.of(s, p, o) for s, p, o in zip(a.slide, a.patches, a.out)]
+    extract_slides(jobs, encoder=a.encoder, **a.settings)  # absent keys: the library's defaults
 
 
 def ingest_features(a: argparse.Namespace) -> None:
@@ -86,12 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=preprocess_slide)
 
     p = sub.add_parser("extract_features", help=extract_features.__doc__)
-    p.add_argument("--slide", required=True)
-    p.add_argument("--patches", required=True, help="the slide's patch h5")
-    p.add_argument("--out", required=True, help="output features h5")
+    p.add_argument("--slide", nargs="+", required=True, help="slide files (one or many: the encoder is built once)")
+    p.add_argument("--patches", nargs="+", required=True, help="each slide's patch h5, in the same order")
+    p.add_argument("--out", nargs="+", required=True, help="each slide's output features h5, in the same order")
     p.add_argument("--encoder", required=True)
     p.add_argument("--settings", type=_json_object, default={}, help="any of " + ", ".join(sorted(FEATURE_SETTINGS))
-                   + " (wsikt.features.extract_features arguments) as a JSON object")
+                   + " (wsikt.features.extract_slides arguments) as a JSON object")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(run=extract_features)
 

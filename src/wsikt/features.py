@@ -1,348 +1,126 @@
-"""Patch feature extraction at the speed of the model.
+"""Feature extraction: one process embeds many slides with the encoder built once, one h5 per slide.
 
-DataLoader workers each open their own OpenSlide handle once and read patches by coordinates (every
-magnification of the patch h5 in one stream); batches travel as pinned uint8, are copied without
-blocking, resized and normalised on the device and embedded under autocast at the encoder's
-precision. Outputs are copied back asynchronously and written one batch behind the forward, so
-reading, compute and writing overlap. One h5 per slide per encoder, written into a temporary file
-and renamed at the end: a killed run leaves no file that looks complete.
+The slides of a batch (one workflow job; ``features.slides_per_job``) form one patch stream, so the
+weights are read once, the DataLoader workers read the next slide while the device embeds this
+one, and no gap opens between slides. Each slide's h5 is written into a temporary file next to
+its output and, when its last row arrives, hard-linked into a resume journal
+(``<out dir>/.resume``) and renamed onto the output: a killed or failed batch keeps every slide
+it finished, and the rerun (which Snakemake starts with the batch's outputs removed) takes them
+back from the journal instead of embedding them again. A batch that completes clears its journal.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import hashlib
+import json
 import logging
 import math
+import os
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Sequence
 
-import cv2
 import h5py
 import numpy as np
-import openslide
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from tqdm import tqdm
 
-from wsikt.encoders import EncoderSpec, build_encoder
+import wsikt
+from wsikt.device import resolve_device
+from wsikt.encoders import EncoderSpec, build_encoder, get_encoder_spec
 from wsikt.io import atomic_path
-from wsikt.slide import MissingMppError, SlideError, open_slide, read_region_rgb, slide_mpp
+from wsikt.patch_embedding import PatchDataset, embed, loader_chunk, make_loader
+from wsikt.patch_h5 import Magnification, PatchFile, read_patch_file
+from wsikt.slide import MissingMppError, open_slide, slide_mpp
 
 log = logging.getLogger("wsikt.features")
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+RESUME_DIR = ".resume"
 
 
-class PatchDataset(Dataset):
-    """Patches of one slide by level-0 coords; each DataLoader worker opens its own slide handle once.
-
-    ``level`` and ``read_size`` are one value or one per patch (several magnifications in one
-    stream); every patch is returned at ``patch_size`` px as uint8 (3, H, W) with a readable flag.
-    """
-
-    def __init__(self, slide_path: str | Path, coords: np.ndarray, level: int | np.ndarray,
-                 read_size: int | np.ndarray, patch_size: int):
-        self.slide_path = str(slide_path)
-        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-        n = len(self.coords)
-        self.levels = np.broadcast_to(np.asarray(level, dtype=np.int64), (n,))
-        self.read_sizes = np.broadcast_to(np.asarray(read_size, dtype=np.int64), (n,))
-        self.patch_size = int(patch_size)
-        self._slide: openslide.OpenSlide | None = None
-
-    def __len__(self) -> int:
-        return len(self.coords)
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_slide"] = None  # a handle never crosses a process boundary
-        return state
-
-    def _read(self, x: int, y: int, level: int, size: int) -> np.ndarray:
-        if self._slide is None:
-            self._slide = open_slide(self.slide_path)
-        return read_region_rgb(self._slide, x, y, level, size)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
-        x, y = (int(v) for v in self.coords[i])
-        level, size = int(self.levels[i]), int(self.read_sizes[i])
-        try:
-            rgb, ok = self._read(x, y, level, size), True
-        except openslide.OpenSlideError:
-            # OpenSlide errors are sticky: reopen the handle and retry once, then flag the tile.
-            self._slide = None
-            try:
-                rgb, ok = self._read(x, y, level, size), True
-            except (openslide.OpenSlideError, SlideError):
-                self._slide = None
-                rgb, ok = np.full((size, size, 3), 255, np.uint8), False
-        if rgb.shape[0] != self.patch_size:
-            rgb = cv2.resize(rgb, (self.patch_size, self.patch_size), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(rgb).permute(2, 0, 1), ok
+class ExtractionError(RuntimeError):
+    """Some slides of a batch could not be embedded; the others are written (and kept for a rerun)."""
 
 
-def _worker_init(_: int) -> None:
-    """One torch thread per worker (workers are the parallelism) and a fresh slide handle.
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide to embed: the slide file, its patch h5 and the features h5 to write."""
 
-    OpenCV's thread count is left alone: cv2.setNumThreads in a forked child whose parent already
-    used OpenCV's pthreads pool deadlocks (cv2 5.0); cv2.resize itself is fork-safe.
-    """
-    torch.set_num_threads(1)
-    info = get_worker_info()
-    if info is not None:
-        info.dataset._slide = None
+    slide: Path
+    patches: Path
+    out: Path
 
-
-# ------------------------------------------------------------------------------------ patch h5
-
-
-@dataclass
-class Magnification:
-    """One magnification of a patch h5: its coords (with attrs) and how to read them."""
-
-    name: str
-    coords: np.ndarray
-    attrs: dict
-    level: int
-    read_size: int
-    target_size: int
-    parents: dict[str, np.ndarray] = field(default_factory=dict)  # 'parent_<coarse>' → row indices
-
-
-def read_geometry(attrs: dict, source: str) -> tuple[int, int, int]:
-    """(level, pixels read at level, pixels the encoder sees) from a patch h5's coords attrs.
-
-    wsikt writes read_level/read_size/target_patch_size; a CLAM h5 has only patch_level and
-    patch_size (read at patch_level, no resize), which is used as is.
-    """
-    try:
-        level = int(attrs["read_level"] if "read_level" in attrs else attrs["patch_level"])
-        read_size = int(attrs["read_size"] if "read_size" in attrs else attrs["patch_size"])
-    except KeyError:
-        raise ValueError(f"{source}: coords lack patch_level/patch_size attrs; re-run patching or add them") from None
-    return level, read_size, int(attrs.get("target_patch_size", read_size))
-
-
-def mag_name(mpp: float) -> str:
-    """'20x' for 0.5 µm/px, '10x' for 1.0, '5x' for 2.0 (the patch h5 contract)."""
-    return f"{10 / mpp:g}x" if np.isfinite(mpp) and mpp > 0 else "primary"
-
-
-def read_patch_h5(path: str | Path) -> tuple[list[Magnification], list[str]]:
-    """Every magnification of a patch h5 (primary first) and all names in the file's order (fine → coarse).
-
-    A file without ``mags`` (CLAM's own, or older wsikt) is one magnification: its top-level coords.
-    """
-    mags: list[Magnification] = []
-    with h5py.File(path, "r") as f:
-        if "coords" not in f:
-            raise ValueError(f"{path}: no 'coords' dataset; not a patch h5 (run preprocessing first)")
-        if "mags" not in f:
-            attrs = dict(f["coords"].attrs)
-            mpp = float(attrs.get("target_mpp", math.nan))
-            mags.append(Magnification(mag_name(mpp), f["coords"][:], attrs, *read_geometry(attrs, str(path))))
-            return mags, [mags[0].name]
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs.get("magnifications", list(f["mags"]))]
-        primary = f.attrs.get("primary", names[0])
-        primary = primary.decode() if isinstance(primary, bytes) else str(primary)
-        if primary not in names:
-            raise ValueError(f"{path}: primary magnification '{primary}' not among {names}")
-        for name in [primary] + [n for n in names if n != primary]:
-            g = f["mags"][name]
-            attrs = dict(g["coords"].attrs)
-            parents = {k: g[k][:] for k in g if k.startswith("parent_")}
-            mags.append(Magnification(name, g["coords"][:], attrs, *read_geometry(attrs, f"{path}:mags/{name}"), parents))
-        if not np.array_equal(mags[0].coords, f["coords"][:]):
-            raise ValueError(f"{path}: top-level coords differ from mags/{primary}/coords; re-run preprocessing")
-    return mags, names
-
-
-def _patch_mpp(slide_path: str | Path, attrs: dict, level: int, read_size: int, target_size: int) -> float:
-    """µm/px of what the encoder saw: recorded by wsikt's patcher, else derived from the slide (CLAM h5)."""
-    if "target_mpp" in attrs:
-        return float(attrs["target_mpp"])
-    slide = open_slide(slide_path)
-    try:
-        return slide_mpp(slide, name=str(slide_path)) * float(slide.level_downsamples[level]) * read_size / target_size
-    except MissingMppError:
-        log.warning("%s: no mpp metadata; features attr 'mpp' is NaN", slide_path)
-        return float("nan")
-    finally:
-        slide.close()
-
-
-# ------------------------------------------------------------------------------------- the engine
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-class Preprocess(torch.nn.Module):
-    """uint8 patches on the device → the encoder's input: centre crop, resize, normalise (as its eval transform)."""
-
-    def __init__(self, spec: EncoderSpec, channels_last: bool = False) -> None:
-        super().__init__()
-        self.size, self.crop, self.mode = spec.input_size, spec.crop, spec.interpolation
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0)
-        self.channels_last = channels_last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if self.crop < 1.0:
-            side = x.shape[-1]
-            c = int(round(side * self.crop))
-            o = (side - c) // 2
-            x = x[..., o:o + c, o:o + c]
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, antialias=True, align_corners=False)
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-@dataclass
-class RunStats:
-    """What a run did: patches, flagged tiles, seconds, tiles per second."""
-
-    n: int = 0
-    flagged: int = 0
-    seconds: float = 0.0
-    fp32_retries: int = 0
+    @classmethod
+    def of(cls, slide: str | os.PathLike, patches: str | os.PathLike, out: str | os.PathLike) -> "SlideJob":
+        return cls(Path(slide), Path(patches), Path(out))
 
     @property
-    def tiles_per_s(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else float("nan")
+    def name(self) -> str:
+        return self.out.stem
 
 
-LOADER_CHUNK = 64  # at most this many tiles per worker batch: see loader_chunk
+# ------------------------------------------------------------------------------------ resume journal
 
 
-def loader_chunk(batch_size: int, num_workers: int) -> int:
-    """Tiles per worker batch: the largest divisor of ``batch_size`` that is ≤ LOADER_CHUNK (with workers).
+def resume_key(job: SlideJob, encoder: str, weights: str | None, precision: str | None, device: str) -> str:
+    """What a finished slide's features depend on: encoder, weights file, precision, device type and both inputs.
 
-    A worker hands over a whole batch at once, so with 256-tile batches the first forward waits for
-    256 reads (≈2 s on 15 workers of an H100 node) and every worker holds 256 tiles in flight. Workers
-    fill smaller chunks instead and ``embed`` regroups them on the device into ``batch_size`` rows
-    (a divisor, so a compiled model still sees one shape).
+    The patch h5 is hashed (kilobytes to a few megabytes); the slide and the weights by size and
+    modification time, as Snakemake judges inputs.
     """
-    if num_workers == 0:
-        return batch_size
-    return max(d for d in range(1, min(batch_size, LOADER_CHUNK) + 1) if batch_size % d == 0)
+    h = hashlib.sha256()
+    h.update(job.patches.read_bytes())
+    stat = job.slide.stat()
+    wstat = os.stat(weights) if weights and os.path.exists(weights) else None
+    h.update(json.dumps(dict(
+        encoder=encoder, weights=str(weights), wstat=[wstat.st_size, wstat.st_mtime_ns] if wstat else None,
+        precision=precision, device=device, slide=[str(job.slide), stat.st_size, stat.st_mtime_ns],
+        wsikt=wsikt.__version__,
+    ), sort_keys=True).encode())
+    return h.hexdigest()[:24]
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, pin: bool, prefetch: int = 2) -> DataLoader:
-    """The DataLoader the pipeline uses: per-worker handles, pinned batches, ``prefetch`` batches per worker."""
-    return DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin, shuffle=False,
-        worker_init_fn=_worker_init if num_workers > 0 else None, persistent_workers=False,
-        prefetch_factor=prefetch if num_workers > 0 else None,
-    )
+def journal_path(out: Path, key: str) -> Path:
+    """Where a finished slide's h5 waits for its batch to complete."""
+    return out.parent / RESUME_DIR / f"{out.name}.{key}"
 
 
-def embed(
-    model: torch.nn.Module,
-    spec: EncoderSpec,
-    loader: DataLoader,
-    device: torch.device,
-    sink: Callable[[int, np.ndarray, np.ndarray], None],
-    precision: str | None = None,
-    compile: bool = False,
-    label: str = "",
-    batch_size: int | None = None,
-) -> RunStats:
-    """Embed every batch of ``loader`` in order; ``sink(start_row, features (n, D) float32, ok (n,))``.
-
-    Loader batches are copied to the device as they come and regrouped there into forwards of
-    ``batch_size`` rows (default: the loader's batch size).
-
-    The forward of batch k is queued before batch k-1's outputs are waited for and handed to the
-    sink, so the device never idles on the host's writes. Rows that come out non-finite under
-    autocast are recomputed in fp32; still non-finite raises (a broken model or weights file).
-    """
-    precision = precision or spec.precision
-    if precision not in AMP_DTYPES:
-        raise ValueError(f"precision '{precision}' (features.precision) must be one of {sorted(AMP_DTYPES)}")
-    cuda = device.type == "cuda"
-    amp = AMP_DTYPES[precision] if cuda else None  # CPU runs fp32: deterministic and as fast on most CPUs
-    channels_last = spec.is_cnn and cuda
-    prep = Preprocess(spec, channels_last).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model, dynamic=False) if compile else model
-    batch_size = batch_size or loader.batch_size or 1
-    stats = RunStats()
-    pending: tuple | None = None
-    t0 = time.perf_counter()
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            n = len(x)
-            if compile and n < batch_size:  # one static shape: no recompile for the last batch
-                x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
-            return forward(x)[:n].float()
-
-    def finish(item: tuple) -> None:
-        out, event, start, ok, x = item
-        if event is not None:
-            event.synchronize()
-        feats = out.numpy()
-        bad = ~np.isfinite(feats).all(1)
-        if bad.any() and amp is not None:  # fp16 overflow: recompute those rows in full precision
-            idx = torch.from_numpy(np.flatnonzero(bad)).to(device)
-            with torch.autocast(device.type, enabled=False):
-                feats = feats.copy()
-                feats[bad] = model(x[idx].float()).float().cpu().numpy()
-            stats.fp32_retries += int(bad.sum())
-            bad = ~np.isfinite(feats).all(1)
-        if bad.any():
-            raise ValueError(f"{label}: encoder '{spec.name}' produced NaN/inf for {int(bad.sum())} patches "
-                             f"(rows from {start}); check the weights file (features.weights)")
-        sink(start, feats, ok)
-        stats.flagged += int((~ok).sum())
-
-    def regrouped():
-        """(uint8 batch on the device, ok flags) of ``batch_size`` rows (the last may be shorter)."""
-        chunks, oks, n = [], [], 0
-        for batch, ok in loader:
-            chunks.append(batch.to(device, non_blocking=True))
-            oks.append(ok)
-            n += len(batch)
-            if n >= batch_size:
-                yield (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), torch.cat(oks)
-                chunks, oks, n = [], [], 0
-        if chunks:
-            yield torch.cat(chunks), torch.cat(oks)
-
-    with torch.inference_mode():
-        start = 0
-        for batch, ok in regrouped():
-            x = prep(batch)
-            y = run(x)
-            if cuda:
-                out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
-                out.copy_(y, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-            else:
-                out, event = y, None
-            if pending is not None:
-                finish(pending)
-            pending = (out, event, start, ok.numpy().astype(bool), x)
-            start += len(batch)
-        if pending is not None:
-            finish(pending)
-    if cuda:
-        torch.cuda.synchronize(device)
-    stats.n, stats.seconds = start, time.perf_counter() - t0
-    return stats
+def _take_from_journal(out: Path, key: str) -> bool:
+    """Put back a slide that an interrupted run of this batch finished; drop journal entries of older keys."""
+    entry = journal_path(out, key)
+    for stale in entry.parent.glob(f"{out.name}.*"):
+        if stale != entry:
+            stale.unlink(missing_ok=True)
+    if not entry.exists():
+        return False
+    with atomic_path(out) as tmp:
+        tmp.unlink()
+        os.link(entry, tmp)
+    return True
 
 
-# -------------------------------------------------------------------------------- slide → h5
+def _clear_journal(out: Path) -> None:
+    for entry in (out.parent / RESUME_DIR).glob(f"{out.name}.*"):
+        entry.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # only when empty: other batches may be journaling there
+        (out.parent / RESUME_DIR).rmdir()
+
+
+def _journal(tmp: Path, entry: Path) -> None:
+    """Hard-link a finished slide's file into the journal (the directory may vanish under a concurrent clear)."""
+    for attempt in range(3):
+        entry.parent.mkdir(exist_ok=True)
+        entry.unlink(missing_ok=True)
+        try:
+            os.link(tmp, entry)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
 
 
 def _remove_stale_partials(out_h5: Path) -> None:
@@ -352,10 +130,157 @@ def _remove_stale_partials(out_h5: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def extract_features(
-    slide_path: str | Path,
-    patches_h5: str | Path,
-    out_h5: str | Path,
+# ----------------------------------------------------------------------------------- one slide's h5
+
+
+def _patch_mpp(slide_path: Path, attrs: dict, level: int, read_size: int, target_size: int) -> float:
+    """µm/px of what the encoder saw: recorded by wsikt's patcher, else derived from the slide (CLAM h5)."""
+    if "target_mpp" in attrs:
+        return float(attrs["target_mpp"])
+    slide = open_slide(slide_path)
+    try:
+        return slide_mpp(slide, name=str(slide_path)) * float(slide.level_downsamples[level]) * read_size / target_size
+    except MissingMppError:
+        log.warning("%s: no mpp metadata; features attr 'mpp' is NaN", slide_path)
+        return math.nan
+    finally:
+        slide.close()
+
+
+@dataclass
+class SlidePlan:
+    """A slide to embed: its patches, the µm/px of each magnification and its resume key."""
+
+    job: SlideJob
+    patches: PatchFile
+    mpps: list[float]
+    key: str
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Row where each magnification starts in the slide's stream, and the total."""
+        return np.cumsum([0] + [len(m.coords) for m in self.patches.mags])
+
+
+def _write_coords(group: h5py.Group, key: str, mag: Magnification) -> None:
+    d = group.create_dataset(key, data=mag.coords)
+    for k, v in mag.attrs.items():
+        d.attrs[k] = v
+
+
+class FeatureWriter:
+    """One slide's features h5: rows go into a temporary file as they arrive; ``close`` publishes it.
+
+    Layout: ``features`` (N, D) float32, ``coords`` (attrs copied) and ``flagged`` (N,) for the
+    primary magnification; ``mags/<name>/{features,coords,flagged,parent_*}`` for each magnification
+    when the patch h5 has ``mags`` (the primary's features are hard links, not copies); root attrs
+    encoder, dim, mpp, weights_hash, magnifications, primary, precision.
+    """
+
+    def __init__(self, plan: SlidePlan, dim: int) -> None:
+        self.plan, self.offsets = plan, plan.offsets
+        self._tmp_cm = atomic_path(plan.job.out)
+        self.tmp = self._tmp_cm.__enter__()
+        self.f = h5py.File(self.tmp, "w")
+        self.feats, self.flags = [], []
+        for i, m in enumerate(plan.patches.mags):
+            g = self.f if i == 0 else self.f.require_group(f"mags/{m.name}")
+            self.feats.append(g.create_dataset("features", shape=(len(m.coords), dim), dtype=np.float32))
+            self.flags.append(g.create_dataset("flagged", shape=(len(m.coords),), dtype=bool))
+        self.written = self.flagged = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.written == int(self.offsets[-1])
+
+    def write(self, row: int, values: np.ndarray, ok: np.ndarray) -> None:
+        """Rows ``row …`` of the slide's stream (magnifications one after another)."""
+        end = row + len(values)
+        for i in range(len(self.feats)):  # a batch may span two magnifications
+            lo, hi = max(row, self.offsets[i]), min(end, self.offsets[i + 1])
+            if lo < hi:
+                self.feats[i][lo - self.offsets[i]:hi - self.offsets[i]] = values[lo - row:hi - row]
+                self.flags[i][lo - self.offsets[i]:hi - self.offsets[i]] = ~ok[lo - row:hi - row]
+        self.written += len(values)
+        self.flagged += int((~ok).sum())
+
+    def close(self, attrs: dict) -> None:
+        """Coords, parents and attrs; then journal the file and rename it onto the output."""
+        f, plan = self.f, self.plan
+        _write_coords(f, "coords", plan.patches.mags[0])
+        if plan.patches.has_mags:
+            for i, m in enumerate(plan.patches.mags):
+                g = f.require_group(f"mags/{m.name}")
+                if i == 0:
+                    g["features"], g["flagged"] = f["features"], f["flagged"]  # hard links: stored once
+                _write_coords(g, "coords", m)
+                for key, parent in m.parents.items():
+                    g.create_dataset(key, data=parent)
+                g.attrs["mpp"] = plan.mpps[i]
+        f.attrs.update(mpp=plan.mpps[0], primary=plan.patches.mags[0].name, magnifications=plan.patches.names, **attrs)
+        f.close()
+        entry = journal_path(plan.job.out, plan.key)
+        try:
+            _journal(self.tmp, entry)  # before the rename: a kill in between still leaves the slide resumable
+        except OSError as exc:  # a file system without hard links: no resume, nothing else lost
+            log.warning("%s: no resume journal (%s); an interrupted batch re-embeds this slide", entry, exc)
+        self._tmp_cm.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Drop the temporary file (the slide was not finished)."""
+        with contextlib.suppress(Exception):
+            self.f.close()
+        err = RuntimeError("aborted")
+        with contextlib.suppress(RuntimeError):
+            self._tmp_cm.__exit__(RuntimeError, err, None)
+
+
+# ------------------------------------------------------------------------------------- many slides
+
+
+def _plan(jobs: Sequence[SlideJob], encoder: str, weights: str | None, precision: str | None, device: str
+          ) -> tuple[list[SlidePlan], list[SlideJob], dict[str, str]]:
+    """(slides to embed, slides taken back from the resume journal, failures: slide → one line)."""
+    todo, resumed, failed = [], [], {}
+    for job in jobs:
+        _remove_stale_partials(job.out)
+        try:
+            key = resume_key(job, encoder, weights, precision, device)
+            if _take_from_journal(job.out, key):
+                resumed.append(job)
+                continue
+            pf = read_patch_file(job.patches)
+            mpps = [_patch_mpp(job.slide, m.attrs, m.level, m.read_size, m.target_size) for m in pf.mags]
+        except (OSError, ValueError, KeyError) as exc:
+            failed[job.name] = f"{type(exc).__name__}: {exc}"
+            log.error("%s: cannot be embedded: %s", job.name, failed[job.name])
+            continue
+        todo.append(SlidePlan(job, pf, mpps, key))
+    return todo, resumed, failed
+
+
+def _stream(plans: Sequence[SlidePlan]) -> tuple[PatchDataset, np.ndarray]:
+    """One patch stream over every magnification of every slide, and the row where each slide starts."""
+    sizes = {p.patches.mags[0].target_size for p in plans}
+    if len(sizes) > 1:
+        raise ValueError(f"slides of one batch have patch sizes {sorted(sizes)}; patch them with one preprocess.patch_size")
+    parts = [(k, m) for k, p in enumerate(plans) for m in p.patches.mags]
+    coords = np.concatenate([m.coords for _, m in parts]) if parts else np.zeros((0, 2), np.int64)
+    index = np.concatenate([np.full(len(m.coords), k) for k, m in parts]) if parts else np.zeros(0, np.int64)
+    level = np.concatenate([np.full(len(m.coords), m.level) for _, m in parts]) if parts else np.zeros(0, np.int64)
+    size = np.concatenate([np.full(len(m.coords), m.read_size) for _, m in parts]) if parts else np.zeros(0, np.int64)
+    starts = np.cumsum([0] + [p.patches.n_patches for p in plans])
+    dataset = PatchDataset([p.job.slide for p in plans], coords, level, size, sizes.pop() if sizes else 256, index)
+    return dataset, starts
+
+
+def _used_precision(default: str, precision: str | None, device: torch.device) -> str:
+    """The precision a run embeds at: fp32 on CPU, else the setting or the encoder's own (``default``)."""
+    return (precision or default) if device.type == "cuda" else "fp32"
+
+
+def extract_slides(
+    jobs: Sequence[SlideJob],
     encoder: str,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -366,84 +291,115 @@ def extract_features(
     compile: bool = False,
     prefetch: int = 2,
     encoder_model: tuple[torch.nn.Module, EncoderSpec, str] | None = None,
-) -> int:
-    """Embed every patch of every magnification of ``patches_h5`` with ``encoder``; write one h5 atomically.
+) -> list[int]:
+    """Embed every patch of every magnification of each slide with ``encoder`` built once; one h5 per slide.
 
-    Layout: ``features`` (N, D) float32, ``coords`` (attrs copied) and ``flagged`` (N,) for the
-    primary magnification; ``mags/<name>/{features,coords,flagged,parent_*}`` for each magnification
-    when the patch h5 has ``mags`` (the primary's features are hard links, not copies); root attrs
-    encoder, dim, mpp, weights_hash, magnifications, primary, precision. Returns the primary's N.
-    ``encoder_model`` is a ``build_encoder`` result to reuse across slides (``encoder`` is then ignored).
+    Returns each slide's number of primary-magnification patches. Slides that cannot be read are
+    named in one ``ExtractionError`` raised after the others are written. ``encoder_model`` is a
+    ``build_encoder`` result to reuse (``encoder`` then only keys the resume journal).
     """
-    out_h5 = Path(out_h5)
-    mags, names = read_patch_h5(patches_h5)
-    has_mags = len(mags) > 1 or _has_mags(patches_h5)
+    t0 = time.perf_counter()
     dev = resolve_device(device)
-    model, spec, whash = encoder_model or build_encoder(encoder, weights, allow_hub, device=dev)
-    patch_size = mags[0].target_size
-    coords = np.concatenate([m.coords for m in mags]) if mags else np.zeros((0, 2), np.int64)
-    dataset = PatchDataset(
-        slide_path, coords, np.concatenate([np.full(len(m.coords), m.level) for m in mags]),
-        np.concatenate([np.full(len(m.coords), m.read_size) for m in mags]), patch_size,
-    )
-    offsets = np.cumsum([0] + [len(m.coords) for m in mags])
-    mpps = [_patch_mpp(slide_path, m.attrs, m.level, m.read_size, m.target_size) for m in mags]
-    _remove_stale_partials(out_h5)
-    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as f:
-        feats, flags = [], []
-        for i, m in enumerate(mags):
-            g = f if i == 0 else f.require_group(f"mags/{m.name}")
-            feats.append(g.create_dataset("features", shape=(len(m.coords), spec.dim), dtype=np.float32))
-            flags.append(g.create_dataset("flagged", shape=(len(m.coords),), dtype=bool))
-
-        def sink(start: int, values: np.ndarray, ok: np.ndarray) -> None:
-            end = start + len(values)
-            for i in range(len(mags)):  # a batch may span two magnifications
-                lo, hi = max(start, offsets[i]), min(end, offsets[i + 1])
-                if lo < hi:
-                    feats[i][lo - offsets[i]:hi - offsets[i]] = values[lo - start:hi - start]
-                    flags[i][lo - offsets[i]:hi - offsets[i]] = ~ok[lo - start:hi - start]
-
-        chunk = loader_chunk(batch_size, num_workers)
-        loader = make_loader(dataset, chunk, num_workers, pin=dev.type == "cuda", prefetch=prefetch * batch_size // chunk)
-        stats = embed(model, spec, loader, dev, sink, precision, compile, label=str(slide_path), batch_size=batch_size)
-        _write_coords(f, "coords", mags[0])
-        if has_mags:
-            for i, m in enumerate(mags):
-                g = f.require_group(f"mags/{m.name}")
-                if i == 0:
-                    g["features"], g["flagged"] = f["features"], f["flagged"]  # hard links: stored once
-                _write_coords(g, "coords", m)
-                for key, parent in m.parents.items():
-                    g.create_dataset(key, data=parent)
-                g.attrs["mpp"] = mpps[i]
-        f.attrs.update(
-            encoder=spec.name, dim=spec.dim, mpp=mpps[0], weights_hash=whash, primary=mags[0].name,
-            magnifications=names, precision=_used_precision(spec, precision, dev),
-        )
-    if stats.flagged:
-        log.warning("%s: %d unreadable tiles flagged (dataset 'flagged')", slide_path, stats.flagged)
-    if stats.fp32_retries:
-        log.warning("%s: %d patches overflowed under %s and were recomputed in fp32", slide_path,
-                    stats.fp32_retries, precision or spec.precision)
-    log.info("%s: %d patches (%s) → %s (%s, dim %d, %s): %.1f tiles/s", Path(slide_path).stem, stats.n,
-             ", ".join(f"{m.name}: {len(m.coords)}" for m in mags), out_h5, spec.name, spec.dim, dev, stats.tiles_per_s)
-    return len(mags[0].coords)
+    default = encoder_model[1].precision if encoder_model else get_encoder_spec(encoder).precision
+    plans, resumed, failed = _plan(jobs, encoder, weights, _used_precision(default, precision, dev), dev.type)
+    if resumed:
+        log.info("%d of %d slides were finished by an interrupted run: taken from %s", len(resumed), len(jobs), RESUME_DIR)
+    if plans:
+        _embed_slides(plans, encoder, batch_size, num_workers, dev, weights, allow_hub, precision, compile,
+                      prefetch, encoder_model)
+    if failed:
+        raise ExtractionError(
+            f"{len(failed)} of {len(jobs)} slides could not be embedded ({'; '.join(f'{k}: {v}' for k, v in failed.items())}); "
+            f"the other {len(jobs) - len(failed)} are written and kept for the rerun, which embeds only the failed ones")
+    for job in jobs:
+        _clear_journal(job.out)
+    log.info("%d slides done in %.1f s (%d embedded, %d resumed)", len(jobs), time.perf_counter() - t0, len(plans), len(resumed))
+    counts = {p.job.out: len(p.patches.mags[0].coords) for p in plans}
+    return [counts[j.out] if j.out in counts else _primary_rows(j.out) for j in jobs]
 
 
-def _has_mags(path: str | Path) -> bool:
+def _primary_rows(path: Path) -> int:
     with h5py.File(path, "r") as f:
-        return "mags" in f
+        return len(f["features"])
 
 
-def _used_precision(spec: EncoderSpec, precision: str | None, device: torch.device) -> str:
-    return (precision or spec.precision) if device.type == "cuda" else "fp32"
+def _embed_slides(plans: list[SlidePlan], encoder: str, batch_size: int, num_workers: int, dev: torch.device,
+                  weights: str | None, allow_hub: bool, precision: str | None, compile: bool, prefetch: int,
+                  encoder_model: tuple[torch.nn.Module, EncoderSpec, str] | None) -> None:
+    """The engine behind ``extract_slides``: one encoder, one loader, slide writers opened and closed in turn."""
+    t_build = time.perf_counter()
+    model, spec, whash = encoder_model or build_encoder(encoder, weights, allow_hub, device=dev)
+    log.info("encoder '%s' built once for %d slides on %s in %.1f s (dim %d, weights %s)", spec.name, len(plans), dev,
+             time.perf_counter() - t_build, spec.dim, whash[:12])
+    attrs = dict(encoder=spec.name, dim=spec.dim, weights_hash=whash, precision=_used_precision(spec.precision, precision, dev))
+    dataset, starts = _stream(plans)
+    writers: dict[int, FeatureWriter] = {}
+    done = 0
+    bar = tqdm(total=len(dataset), unit="tile", desc=f"{len(plans)} slides", file=sys.stderr, mininterval=10,
+               ascii=True, disable=len(dataset) == 0)
+
+    def finish(k: int) -> None:
+        nonlocal done
+        w = writers.pop(k)
+        w.close(attrs)
+        done += 1
+        p = plans[k]
+        if w.flagged:
+            log.warning("%s: %d unreadable tiles flagged (dataset 'flagged')", p.job.slide, w.flagged)
+        log.info("%s: %d patches (%s) → %s", p.job.name, len(p.patches.mags[0].coords),
+                 ", ".join(f"{m.name}: {len(m.coords)}" for m in p.patches.mags), p.job.out)
+
+    def writer(k: int) -> FeatureWriter:
+        if k not in writers:
+            writers[k] = FeatureWriter(plans[k], spec.dim)
+        return writers[k]
+
+    def sink(start: int, values: np.ndarray, ok: np.ndarray) -> None:
+        end, k = start + len(values), bisect.bisect_right(starts, start) - 1
+        while k < len(plans) and starts[k] < end:
+            lo, hi = max(start, starts[k]), min(end, starts[k + 1])
+            if lo < hi:
+                writer(k).write(lo - starts[k], values[lo - start:hi - start], ok[lo - start:hi - start])
+                if writers[k].complete:
+                    finish(k)
+            k += 1
+        bar.update(len(values))
+
+    def slide_of(row: int) -> str:
+        return str(plans[bisect.bisect_right(starts, row) - 1].job.slide)
+
+    try:
+        for k, p in enumerate(plans):  # slides without patches: nothing to embed
+            if p.patches.n_patches == 0:
+                writer(k)
+                finish(k)
+        chunk = loader_chunk(batch_size, num_workers)
+        loader = make_loader(dataset, chunk, num_workers, pin=dev.type == "cuda", prefetch=prefetch * batch_size // chunk,
+                             starts=starts)
+        stats = embed(model, spec, loader, dev, sink, precision, compile, label=slide_of, batch_size=batch_size,
+                      starts=starts)
+    except BaseException as exc:
+        open_slides = [plans[k].job.name for k in writers]
+        for w in writers.values():
+            w.abort()
+        if isinstance(exc, Exception):
+            raise ExtractionError(f"embedding stopped in {', '.join(open_slides) or 'the first slide'} "
+                                  f"({type(exc).__name__}: {exc}); {done} of {len(plans)} slides were finished and are "
+                                  f"kept for the rerun, which embeds only the rest") from exc
+        raise
+    finally:
+        bar.close()
+    if stats.fp32_retries:
+        log.warning("%d patches overflowed under %s and were recomputed in fp32", stats.fp32_retries,
+                    precision or spec.precision)
+    log.info("%d slides, %d patches on %s (%s, dim %d): %.1f tiles/s", len(plans), stats.n, dev, spec.name, spec.dim,
+             stats.tiles_per_s)
 
 
-def _write_coords(group: h5py.Group, key: str, mag: Magnification) -> None:
-    d = group.create_dataset(key, data=mag.coords)
-    for k, v in mag.attrs.items():
-        d.attrs[k] = v
+def extract_features(slide_path: str | Path, patches_h5: str | Path, out_h5: str | Path, encoder: str,
+                     **settings) -> int:
+    """One slide: ``extract_slides`` with a batch of one; returns the primary magnification's N."""
+    return extract_slides([SlideJob.of(slide_path, patches_h5, out_h5)], encoder, **settings)[0]
 
 
 def load_features(path: str | Path, magnification: str | None = None) -> np.ndarray:

@@ -43,13 +43,16 @@ if not config["demo"]["enabled"] and config["gdc"]["projects"]:
             "../scripts/query_gdc.py"
 
     rule download_slide:
+        input:
+            get_download_gate,
         output:
-            slide=f"{config['gdc']['slide_dir']}/{{slide}}.svs",
+            slide=downloaded_slide(f"{config['gdc']['slide_dir']}/{{slide}}.svs"),
             summary="results/acquire/downloads/{slide}.json",
         log:
             "logs/acquire/download/{slide}.log",
         benchmark:
             "results/benchmarks/acquire/download/{slide}.tsv"
+        priority: get_download_priority
         resources:
             gdc_connections=1,
         params:

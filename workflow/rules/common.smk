@@ -14,6 +14,7 @@ from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
 from wsikt.config import read_samples, slide_path_pattern, validate_config
+from wsikt.feature_batches import plan_batches
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
 
@@ -55,6 +56,7 @@ CANCERS = sorted(SAMPLES["cancer"].unique())
 SLIDES_BY_CANCER = SAMPLES.groupby("cancer")["slide_id"].apply(sorted).to_dict()
 ROUPKT_TARGETS = CANCERS if config["roupkt"]["targets"] == "all" else sorted(config["roupkt"]["targets"])
 SLIDE_PATHS = dict(zip(SAMPLES["slide_id"], SAMPLES["path"]))
+FEATURE_BATCHES = plan_batches(SLIDES_BY_CANCER, config["features"]["slides_per_job"])
 
 # shell: rules run `python -m wsikt.cli`: that `python` is Snakemake's own interpreter, as for
 # script: rules, unless jobs run in a conda env or container (then that env's python).
@@ -137,6 +139,14 @@ def get_feature_settings():
     )
 
 
+def feature_resources(n_slides):
+    """Resources of a feature batch job: its GPUs, a runtime for its slides, and the profile's
+    set-resources for extract_features (batch rules are named extract_features_<batch>)."""
+    f = config["features"]
+    profile = workflow.resource_settings.overwrite_resources.get("extract_features", {})
+    return {"gpu": f["gpus"], "runtime": int(10 + f["minutes_per_slide"] * n_slides), **profile}
+
+
 def as_json(**values):
     """A shell: rule's settings param: one JSON object (sorted keys, so equal settings compare equal)."""
     return json.dumps(values, sort_keys=True)
@@ -189,6 +199,31 @@ def get_final_outputs():
         return [SAMPLES_TSV]
     base = f"results/baselines/{ENCODER}/{MODEL}/{ENDPOINT}"
     return ["results/report/index.html"] + [f"{base}/{m}/summary.tsv" for m in config["baselines"]["methods"]]
+
+
+# Downloads follow the feature batches: slides of earlier batches first (priority), and with
+# gdc.keep_slides false (slides are temp(), deleted once patched and embedded) the downloads for
+# batch k wait until batch k - gdc.batches_on_disk is embedded, which bounds the slides on disk.
+BATCH_NAMES = list(FEATURE_BATCHES)
+BATCH_OF_SLIDE = {s: k for k, b in enumerate(BATCH_NAMES) for s in FEATURE_BATCHES[b]}
+
+
+def downloaded_slide(path):
+    """A download's slide output: temp() unless gdc.keep_slides."""
+    return path if config["gdc"]["keep_slides"] else temp(path)
+
+
+def get_download_gate(wildcards):
+    """With gdc.keep_slides false: the features of the batch gdc.batches_on_disk places earlier."""
+    k = BATCH_OF_SLIDE[wildcards.slide] - config["gdc"]["batches_on_disk"]
+    if config["gdc"]["keep_slides"] or config["features"]["ingest"] or k < 0:
+        return []
+    return [ancient(f"results/features/{ENCODER}/{s}.h5") for s in FEATURE_BATCHES[BATCH_NAMES[k]]]
+
+
+def get_download_priority(wildcards):
+    """Earlier feature batches download first (preprocessing and features outrank every download)."""
+    return -BATCH_OF_SLIDE[wildcards.slide]
 
 
 def get_gdc_file(wildcards):

@@ -1,6 +1,6 @@
-# Feature extraction: one h5 per slide per encoder (the encoder is a wildcard: several coexist).
+# Feature extraction: one h5 per slide per encoder, written by batch jobs (one encoder load per batch).
 # With features.ingest set, existing CLAM/TRIDENT/.pt features are converted instead (no slides read).
-# Per-slide rules run `python -m wsikt.cli <rule>` (shell:, not script:): see common.smk. One bag
+# These rules run `python -m wsikt.cli <rule>` (shell:, not script:): see common.smk. One bag
 # index per cancer lists (and checks) its feature files for every model-training rule downstream.
 
 
@@ -24,28 +24,37 @@ if config["features"]["ingest"]:
 
 
 else:
+    # One job embeds a batch of slides with the encoder built once (features.slides_per_job; batches
+    # are content-defined per cancer, so adding a slide reruns only its batch). Output patterns
+    # cannot depend on wildcards, so each batch is its own rule, extract_features_<cancer>_<k>;
+    # a profile's set-resources for extract_features applies to all of them (common.smk).
+    for _batch, _slides in FEATURE_BATCHES.items():
 
-    rule extract_features:
-        input:
-            slide=SLIDE_INPUT,
-            patches="results/patches/{slide}.h5",
-        output:
-            "results/features/{encoder}/{slide}.h5",
-        log:
-            "logs/features/{encoder}/{slide}.log",
-        benchmark:
-            "results/benchmarks/features/{encoder}/{slide}.tsv"
-        threads: config["features"]["threads"]
-        resources:
-            gpu=config["features"]["gpus"],
-        params:
-            settings=get_feature_settings(),
-        conda:
-            "../envs/wsikt.yaml"
-        shell:
-            "python -m wsikt.cli extract_features --slide {input.slide:q} --patches {input.patches:q}"
-            " --out {output:q} --encoder {wildcards.encoder:q} --settings {params.settings:q}"
-            " --threads {threads} --log {log:q} 2>> {log:q}"
+        rule:
+            name:
+                f"extract_features_{_batch}"
+            input:
+                slide=[SLIDE_PATHS[s] for s in _slides],
+                patches=[f"results/patches/{s}.h5" for s in _slides],
+            output:
+                [f"results/features/{ENCODER}/{s}.h5" for s in _slides],
+            log:
+                f"logs/features/{ENCODER}/{_batch}.log",
+            benchmark:
+                f"results/benchmarks/features/{ENCODER}/{_batch}.tsv"
+            priority: 2
+            threads: config["features"]["threads"]
+            resources:
+                **feature_resources(len(_slides)),
+            params:
+                encoder=ENCODER,
+                settings=get_feature_settings(),
+            conda:
+                "../envs/wsikt.yaml"
+            shell:
+                "python -m wsikt.cli extract_features --slide {input.slide:q} --patches {input.patches:q}"
+                " --out {output:q} --encoder {params.encoder:q} --settings {params.settings:q}"
+                " --threads {threads} --log {log:q} 2>> {log:q}"
 
 
 rule bag_index:

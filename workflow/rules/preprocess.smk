@@ -15,6 +15,7 @@ rule preprocess_slide:
         "logs/preprocess/{slide}.log",
     benchmark:
         "results/benchmarks/preprocess/{slide}.tsv"
+    priority: 1
     threads: 1
     params:
         mpp_override=MPP_OVERRIDE,

@@ -6,7 +6,7 @@ from wsikt.aggregators import model_scales
 from wsikt.bag_index import read_bag_index
 from wsikt.bags import load_patient_bags
 from wsikt.experts import NullGate, TrainSettings, run_expert_fold
-from wsikt.features import resolve_device
+from wsikt.device import resolve_device
 from wsikt.logs import log_to
 
 with log_to(snakemake.log[0]):
