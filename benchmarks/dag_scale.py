@@ -12,7 +12,7 @@ a slide is an input file that no rule makes, so a dry run with a missing slide s
 MissingInputException (``--missing`` shows that). Then it times ``snakemake -n --quiet`` end to end
 (process start to exit, best of --repeat) and counts the jobs from a normal ``snakemake -n``.
 Finally a dry run under ``--profile profiles/slurm`` counts the feature-extraction submissions: one
-sbatch per feature batch job (rules ``extract_features_<cancer>_<k>``; goal ≤ slides / 25).
+sbatch per feature batch job (rules ``extract_features_<cancer>_<id>``; goal ≤ slides / 25).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def slurm_stall() -> str | None:
 
 
 def feature_jobs(counts: dict[str, int]) -> int:
-    """Jobs of the feature batch rules (extract_features_<cancer>_<k>), each one submission."""
+    """Jobs of the feature batch rules (extract_features_<cancer>_<id>), each one submission."""
     return sum(n for rule, n in counts.items() if rule.startswith("extract_features"))
 
 

@@ -67,6 +67,17 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
+def test_workflow_files_are_snakefmt_clean():
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("snakefmt")
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([str(exe), "--config", ".snakefmt.toml", "--check", "."], cwd=repo, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     ("edit", "key"),
     [

@@ -34,7 +34,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.Comp
 def jobs_in_dry_run(result: subprocess.CompletedProcess) -> dict[str, int]:
     """Rule → job count from the 'Job stats' table of a dry run.
 
-    The feature batch rules (extract_features_<cancer>_<k>, one job each) count as 'extract_features'.
+    The feature batch rules (extract_features_<cancer>_<id>, one job each) count as 'extract_features'.
     """
     counts: dict[str, int] = {}
     for rule, n in rules_in_dry_run(result).items():

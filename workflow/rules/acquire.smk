@@ -13,11 +13,11 @@ if config["demo"]["enabled"]:
             "logs/acquire/demo_cohort.log",
         benchmark:
             "results/benchmarks/acquire/demo_cohort.tsv"
+        conda:
+            "../envs/wsikt.yaml"
         threads: 2
         params:
             demo=config["demo"],
-        conda:
-            "../envs/wsikt.yaml"
         script:
             "../scripts/demo_cohort.py"
 
@@ -32,13 +32,13 @@ if not config["demo"]["enabled"] and config["gdc"]["projects"]:
             "logs/acquire/query_gdc.log",
         benchmark:
             "results/benchmarks/acquire/query_gdc.tsv"
+        conda:
+            "../envs/wsikt.yaml"
         params:
             projects=config["gdc"]["projects"],
             base_url=config["gdc"]["base_url"],
             slide_dir=config["gdc"]["slide_dir"],
             page_size=config["gdc"]["page_size"],
-        conda:
-            "../envs/wsikt.yaml"
         script:
             "../scripts/query_gdc.py"
 
@@ -53,6 +53,8 @@ if not config["demo"]["enabled"] and config["gdc"]["projects"]:
         benchmark:
             "results/benchmarks/acquire/download/{slide}.tsv"
         priority: get_download_priority
+        conda:
+            "../envs/wsikt.yaml"
         resources:
             gdc_connections=1,
         params:
@@ -60,8 +62,6 @@ if not config["demo"]["enabled"] and config["gdc"]["projects"]:
             base_url=config["gdc"]["base_url"],
             token_file=config["gdc"]["token_file"],
             max_retries=config["gdc"]["max_retries"],
-        conda:
-            "../envs/wsikt.yaml"
         script:
             "../scripts/download_slide.py"
 
@@ -72,11 +72,11 @@ if not config["demo"]["enabled"] and config["gdc"]["projects"]:
             "results/acquire/download_summary.tsv",
         log:
             "logs/acquire/download_summary.log",
+        conda:
+            "../envs/wsikt.yaml"
         params:
             sheet=config["gdc"]["sample_sheet"],
             summaries="results/acquire/downloads",
-        conda:
-            "../envs/wsikt.yaml"
         script:
             "../scripts/gdc_download_summary.py"
 

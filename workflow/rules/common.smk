@@ -54,14 +54,22 @@ else:
 SAMPLES = SAMPLES.set_index("slide_id", drop=False)
 CANCERS = sorted(SAMPLES["cancer"].unique())
 SLIDES_BY_CANCER = SAMPLES.groupby("cancer")["slide_id"].apply(sorted).to_dict()
-ROUPKT_TARGETS = CANCERS if config["roupkt"]["targets"] == "all" else sorted(config["roupkt"]["targets"])
+ROUPKT_TARGETS = (
+    CANCERS
+    if config["roupkt"]["targets"] == "all"
+    else sorted(config["roupkt"]["targets"])
+)
 SLIDE_PATHS = dict(zip(SAMPLES["slide_id"], SAMPLES["path"]))
 FEATURE_BATCHES = plan_batches(SLIDES_BY_CANCER, config["features"]["slides_per_job"])
 
 # shell: rules run `python -m wsikt.cli`: that `python` is Snakemake's own interpreter, as for
 # script: rules, unless jobs run in a conda env or container (then that env's python).
-if not {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER} & set(workflow.deployment_settings.deployment_method):
-    shell.prefix(f"set -euo pipefail; PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
+if not {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER} & set(
+    workflow.deployment_settings.deployment_method
+):
+    shell.prefix(
+        f'set -euo pipefail; PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"; '
+    )
 
 
 def get_slide_path(wildcards):
@@ -91,13 +99,21 @@ def get_cancer_slides(wildcards):
 
 def get_all_slides(wildcards):
     """Slide id → [patient id, cancer] for every slide of the cohort."""
-    return {s: [p, c] for s, p, c in SAMPLES[["slide_id", "patient_id", "cancer"]].itertuples(index=False)}
+    return {
+        s: [p, c]
+        for s, p, c in SAMPLES[["slide_id", "patient_id", "cancer"]].itertuples(
+            index=False
+        )
+    }
 
 
 def get_cancer_patches(wildcards):
     """Patch h5 files of every slide of one cancer (its feature files when features are ingested)."""
     if config["features"]["ingest"]:
-        return [f"results/features/{ENCODER}/{s}.h5" for s in SLIDES_BY_CANCER[wildcards.cancer]]
+        return [
+            f"results/features/{ENCODER}/{s}.h5"
+            for s in SLIDES_BY_CANCER[wildcards.cancer]
+        ]
     return [f"results/patches/{s}.h5" for s in SLIDES_BY_CANCER[wildcards.cancer]]
 
 
@@ -141,10 +157,15 @@ def get_feature_settings():
 
 def feature_resources(n_slides):
     """Resources of a feature batch job: its GPUs, a runtime for its slides, and the profile's
-    set-resources for extract_features (batch rules are named extract_features_<batch>)."""
+    set-resources for extract_features (batch rules are named extract_features_<batch>).
+    """
     f = config["features"]
     profile = workflow.resource_settings.overwrite_resources.get("extract_features", {})
-    return {"gpu": f["gpus"], "runtime": int(10 + f["minutes_per_slide"] * n_slides), **profile}
+    return {
+        "gpu": f["gpus"],
+        "runtime": int(10 + f["minutes_per_slide"] * n_slides),
+        **profile,
+    }
 
 
 def as_json(**values):
@@ -195,10 +216,14 @@ def get_final_outputs():
     the sheet and builds the per-slide DAG (a checkpoint would re-evaluate 10k-slide DAGs).
     """
     if not config["demo"]["enabled"] and config["gdc"]["projects"] and SAMPLES.empty:
-        logger.info(f"No GDC sample sheet yet: this run writes {SAMPLES_TSV}; run snakemake again to process the slides.")
+        logger.info(
+            f"No GDC sample sheet yet: this run writes {SAMPLES_TSV}; run snakemake again to process the slides."
+        )
         return [SAMPLES_TSV]
     base = f"results/baselines/{ENCODER}/{MODEL}/{ENDPOINT}"
-    return ["results/report/index.html"] + [f"{base}/{m}/summary.tsv" for m in config["baselines"]["methods"]]
+    return ["results/report/index.html"] + [
+        f"{base}/{m}/summary.tsv" for m in config["baselines"]["methods"]
+    ]
 
 
 # Downloads follow the feature batches: slides of earlier batches first (priority), and with
@@ -218,7 +243,10 @@ def get_download_gate(wildcards):
     k = BATCH_OF_SLIDE[wildcards.slide] - config["gdc"]["batches_on_disk"]
     if config["gdc"]["keep_slides"] or config["features"]["ingest"] or k < 0:
         return []
-    return [ancient(f"results/features/{ENCODER}/{s}.h5") for s in FEATURE_BATCHES[BATCH_NAMES[k]]]
+    return [
+        ancient(f"results/features/{ENCODER}/{s}.h5")
+        for s in FEATURE_BATCHES[BATCH_NAMES[k]]
+    ]
 
 
 def get_download_priority(wildcards):

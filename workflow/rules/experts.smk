@@ -12,12 +12,12 @@ rule build_labels:
         "logs/labels/{endpoint}/{cancer}.log",
     benchmark:
         "results/benchmarks/labels/{endpoint}/{cancer}.tsv"
+    conda:
+        "../envs/wsikt.yaml"
     params:
         endpoint="{endpoint}",
         cancer="{cancer}",
         slides=get_cancer_slides,
-    conda:
-        "../envs/wsikt.yaml"
     script:
         "../scripts/build_labels.py"
 
@@ -33,12 +33,12 @@ rule make_splits:
         "logs/splits/{endpoint}/{cancer}.log",
     benchmark:
         "results/benchmarks/splits/{endpoint}/{cancer}.tsv"
+    conda:
+        "../envs/wsikt.yaml"
     params:
         slides=get_cancer_slides,
         folds=config["experts"]["folds"],
         seed=config["experts"]["seed"],
-    conda:
-        "../envs/wsikt.yaml"
     script:
         "../scripts/make_splits.py"
 
@@ -55,6 +55,8 @@ rule train_expert:
         "logs/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}.log",
     benchmark:
         "results/benchmarks/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}.tsv"
+    conda:
+        "../envs/wsikt.yaml"
     threads: 1
     resources:
         gpu=config["experts"]["gpus"],
@@ -62,8 +64,6 @@ rule train_expert:
         settings=get_train_settings(),
         gate=get_null_gate(),
         device=config["experts"]["device"],
-    conda:
-        "../envs/wsikt.yaml"
     script:
         "../scripts/train_expert.py"
 

@@ -13,20 +13,19 @@ if config["features"]["ingest"]:
             "logs/ingest/{encoder}/{slide}.log",
         benchmark:
             "results/benchmarks/features/{encoder}/{slide}.tsv"
+        conda:
+            "../envs/wsikt.yaml"
         params:
             source=config["features"]["ingest"],
             mpp=config["features"]["ingest_mpp"],
-        conda:
-            "../envs/wsikt.yaml"
         shell:
             "python -m wsikt.cli ingest_features --source {params.source:q} --slide-id {wildcards.slide:q}"
             " --out {output:q} --encoder {wildcards.encoder:q} --mpp '{params.mpp}' --log {log:q} 2>> {log:q}"
 
-
 else:
     # One job embeds a batch of slides with the encoder built once (features.slides_per_job; batches
     # are content-defined per cancer, so adding a slide reruns only its batch). Output patterns
-    # cannot depend on wildcards, so each batch is its own rule, extract_features_<cancer>_<k>;
+    # cannot depend on wildcards, so each batch is its own rule, extract_features_<cancer>_<id>;
     # a profile's set-resources for extract_features applies to all of them (common.smk).
     for _batch, _slides in FEATURE_BATCHES.items():
 
@@ -43,14 +42,14 @@ else:
             benchmark:
                 f"results/benchmarks/features/{ENCODER}/{_batch}.tsv"
             priority: 2
+            conda:
+                "../envs/wsikt.yaml"
             threads: config["features"]["threads"]
             resources:
                 **feature_resources(len(_slides)),
             params:
                 encoder=ENCODER,
                 settings=get_feature_settings(),
-            conda:
-                "../envs/wsikt.yaml"
             shell:
                 "python -m wsikt.cli extract_features --slide {input.slide:q} --patches {input.patches:q}"
                 " --out {output:q} --encoder {params.encoder:q} --settings {params.settings:q}"
@@ -64,9 +63,9 @@ rule bag_index:
         "results/bags/{encoder}/{cancer}.tsv",
     log:
         "logs/bags/{encoder}/{cancer}.log",
-    params:
-        slides=get_cancer_slides,
     conda:
         "../envs/wsikt.yaml"
+    params:
+        slides=get_cancer_slides,
     script:
         "../scripts/bag_index.py"

@@ -16,13 +16,13 @@ rule preprocess_slide:
     benchmark:
         "results/benchmarks/preprocess/{slide}.tsv"
     priority: 1
+    conda:
+        "../envs/wsikt.yaml"
     threads: 1
     params:
         mpp_override=MPP_OVERRIDE,
         settings=get_patch_settings(),
         on_error=config["preprocess"]["on_error"],
-    conda:
-        "../envs/wsikt.yaml"
     shell:
         "python -m wsikt.cli preprocess_slide --slide {input.slide:q} --slide-id {wildcards.slide:q}"
         " --tissue {output.tissue:q} --patches {output.patches:q} --qc-tissue {output.qc_tissue:q}"

@@ -9,11 +9,18 @@ rule report:
     input:
         summary=f"results/experts/{ENCODER}/{MODEL}/{ENDPOINT}/summary.tsv",
         matrix=f"results/transfer/{ENCODER}/{MODEL}/{ENDPOINT}/matrix.tsv",
-        roupkt=f"results/roupkt/{ENCODER}/{MODEL}/{ENDPOINT}/summary.tsv" if ROUPKT_TARGETS else [],
-        baselines=expand(
-            f"results/baselines/{ENCODER}/{MODEL}/{ENDPOINT}/{{method}}/summary.tsv", method=config["baselines"]["methods"]
+        roupkt=(
+            f"results/roupkt/{ENCODER}/{MODEL}/{ENDPOINT}/summary.tsv"
+            if ROUPKT_TARGETS
+            else []
         ),
-        splits=expand("results/splits/{endpoint}/{cancer}.tsv", endpoint=ENDPOINT, cancer=CANCERS),
+        baselines=expand(
+            f"results/baselines/{ENCODER}/{MODEL}/{ENDPOINT}/{{method}}/summary.tsv",
+            method=config["baselines"]["methods"],
+        ),
+        splits=expand(
+            "results/splits/{endpoint}/{cancer}.tsv", endpoint=ENDPOINT, cancer=CANCERS
+        ),
         samples=SAMPLES_TSV,
         excluded=expand(
             "results/{stage}/{endpoint}/{cancer}.excluded.tsv",
@@ -21,22 +28,42 @@ rule report:
             endpoint=ENDPOINT,
             cancer=CANCERS,
         ),
-        qc=[] if config["features"]["ingest"] else expand("results/qc/patches/{slide}.png", slide=SAMPLES["slide_id"]),
-        predictions=expand(f"{EXPERT_FOLDS}/predictions.tsv", cancer=CANCERS, fold=FOLDS),
+        qc=(
+            []
+            if config["features"]["ingest"]
+            else expand("results/qc/patches/{slide}.png", slide=SAMPLES["slide_id"])
+        ),
+        predictions=expand(
+            f"{EXPERT_FOLDS}/predictions.tsv", cancer=CANCERS, fold=FOLDS
+        ),
         models=expand(f"{EXPERT_FOLDS}/model.pt", cancer=CANCERS, fold=FOLDS),  # bin edges
     output:
-        html=report("results/report/index.html", caption="../report/index.rst", category="Report"),
-        km=report("results/report/kaplan_meier.png", caption="../report/kaplan_meier.rst", category="Experts"),
+        html=report(
+            "results/report/index.html",
+            caption="../report/index.rst",
+            category="Report",
+        ),
+        km=report(
+            "results/report/kaplan_meier.png",
+            caption="../report/kaplan_meier.rst",
+            category="Experts",
+        ),
         heatmap=report(
-            "results/report/transfer_heatmap.png", caption="../report/transfer_heatmap.rst", category="Transfer"
+            "results/report/transfer_heatmap.png",
+            caption="../report/transfer_heatmap.rst",
+            category="Transfer",
         ),
         metrics=report(
-            "results/report/expert_metrics.tsv", caption="../report/expert_metrics.rst", category="Experts"
+            "results/report/expert_metrics.tsv",
+            caption="../report/expert_metrics.rst",
+            category="Experts",
         ),
     log:
         "logs/report/index.log",
     benchmark:
         "results/benchmarks/report/index.tsv"
+    conda:
+        "../envs/wsikt.yaml"
     params:
         config=config,
         endpoint=ENDPOINT,
@@ -46,7 +73,5 @@ rule report:
         roupkt_topk=config["roupkt"]["topk"],
         baseline_methods=config["baselines"]["methods"],
         benchmarks="results/benchmarks",
-    conda:
-        "../envs/wsikt.yaml"
     script:
         "../scripts/report.py"

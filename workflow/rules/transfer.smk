@@ -23,35 +23,43 @@ rule embed_cohort:
         "logs/transfer/{encoder}/{model}/{endpoint}/embed/{cancer}.log",
     benchmark:
         "results/benchmarks/transfer/{encoder}/{model}/{endpoint}/embed/{cancer}.tsv"
+    conda:
+        "../envs/wsikt.yaml"
     threads: 1
     resources:
         gpu=config["experts"]["gpus"],
     params:
         device=config["experts"]["device"],
         chunk=config["transfer"]["chunk"],
-    conda:
-        "../envs/wsikt.yaml"
     script:
         "../scripts/embed_cohort.py"
 
 
 rule transfer_matrix:
     input:
-        zero_shot=expand(f"{TRANSFER}/zero_shot/{{cancer}}.tsv", cancer=CANCERS, allow_missing=True),
-        training=expand(f"{TRANSFER}/selection/{{cancer}}.tsv", cancer=CANCERS, allow_missing=True),
+        zero_shot=expand(
+            f"{TRANSFER}/zero_shot/{{cancer}}.tsv", cancer=CANCERS, allow_missing=True
+        ),
+        training=expand(
+            f"{TRANSFER}/selection/{{cancer}}.tsv", cancer=CANCERS, allow_missing=True
+        ),
     output:
         folds=f"{TRANSFER}/transfer_folds.tsv",
-        matrix=report(f"{TRANSFER}/matrix.tsv", caption="../report/transfer.rst", category="Transfer"),
+        matrix=report(
+            f"{TRANSFER}/matrix.tsv",
+            caption="../report/transfer.rst",
+            category="Transfer",
+        ),
         matrix_train=f"{TRANSFER}/matrix_train.tsv",
         positive=f"{TRANSFER}/positive.tsv",
     log:
         "logs/transfer/{encoder}/{model}/{endpoint}/matrix.log",
     benchmark:
         "results/benchmarks/transfer/{encoder}/{model}/{endpoint}/matrix.tsv"
-    params:
-        thresholds=config["transfer"]["thresholds"],
     conda:
         "../envs/wsikt.yaml"
+    params:
+        thresholds=config["transfer"]["thresholds"],
     script:
         "../scripts/transfer_matrix.py"
 
@@ -70,6 +78,8 @@ rule train_roupkt:
         "logs/roupkt/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}.log",
     benchmark:
         "results/benchmarks/roupkt/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}.tsv"
+    conda:
+        "../envs/wsikt.yaml"
     threads: 1
     resources:
         gpu=config["experts"]["gpus"],
@@ -77,8 +87,6 @@ rule train_roupkt:
         settings=get_train_settings(),
         roupkt=get_roupkt_settings(),
         device=config["experts"]["device"],
-    conda:
-        "../envs/wsikt.yaml"
     script:
         "../scripts/train_roupkt.py"
 
@@ -88,7 +96,8 @@ rule train_baseline:
         embeddings=f"{TRANSFER}/embeddings/{{cancer}}.h5",
         split="results/splits/{endpoint}/{cancer}.tsv",
         experts=expand(
-            "results/experts/{{encoder}}/{{model}}/{{endpoint}}/{source}/fold{{fold}}/model.pt", source=CANCERS
+            "results/experts/{{encoder}}/{{model}}/{{endpoint}}/{source}/fold{{fold}}/model.pt",
+            source=CANCERS,
         ),
         bags="results/bags/{encoder}/{cancer}.tsv",
     output:
@@ -101,6 +110,8 @@ rule train_baseline:
         "results/benchmarks/baselines/{encoder}/{model}/{endpoint}/{method}/{cancer}/fold{fold}.tsv"
     wildcard_constraints:
         method="head|mlp|all|merge",
+    conda:
+        "../envs/wsikt.yaml"
     threads: 1
     resources:
         gpu=config["experts"]["gpus"],
@@ -108,8 +119,6 @@ rule train_baseline:
         settings=get_train_settings(),
         baseline=get_baseline_settings(),
         device=config["experts"]["device"],
-    conda:
-        "../envs/wsikt.yaml"
     script:
         "../scripts/train_baseline.py"
 
