@@ -85,6 +85,8 @@ def write_cohort(root: Path, n_slides: int, n_cancers: int, touch: bool = True, 
             path.touch()
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     cfg["demo"] = {"enabled": False}
+    tcga = yaml.safe_load((REPO / "config/tcga.yaml").read_text())
+    cfg["features"]["slides_per_job"] = tcga["features"]["slides_per_job"]  # TCGA's feature batches
     cfg["samples"] = "resources/tcga/samples.tsv"
     cfg["clinical"] = "resources/tcga/clinical.tsv"
     (root / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

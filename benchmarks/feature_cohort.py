@@ -127,7 +127,7 @@ def main() -> int:
         model, spec, _ = random_encoder(a.encoder, dev)
         if spec.needs_weights:  # the jobs load the same random weights from a file, as a user's would be
             settings["weights"] = str(root / "weights.pt")
-            torch.save(model.state_dict(), settings["weights"])
+            torch.save(getattr(model, "net", model).state_dict(), settings["weights"])  # the architecture's own keys
         model_s = pure_embedding(model, spec, dev, n_patches, a.batch_size, a.precision)
         del model
         stage_s = 0.0

@@ -61,6 +61,25 @@ def test_dry_run_lists_every_stage(tmp_path):
     assert jobs["transfer_matrix"] == jobs["report"] == 1
 
 
+def test_profile_resources_reach_every_feature_batch_job(tmp_path):
+    """profiles/slurm's set-resources for extract_features apply to each batch rule extract_features_<batch>,
+    and each batch's runtime grows with its slides."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    workdir = copy_repo(tmp_path / "repo")
+    result = snakemake(workdir, "-n", "--profile", "profiles/slurm")
+    profile = yaml.safe_load((workdir / "profiles/slurm/config.yaml").read_text())["set-resources"]["extract_features"]
+    assert profile and "runtime" not in profile
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    blocks = re.findall(r"rule (extract_features_\w+):\n(.*?)\nShell command", result.stdout, re.S)
+    assert blocks and len(blocks) == jobs_in_dry_run(result)["extract_features"]
+    spm = yaml.safe_load((workdir / "config/config.yaml").read_text())["features"]["minutes_per_slide"]
+    for rule, block in blocks:
+        resources = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block).group(1).split(", "))
+        n_slides = len(re.search(r"output: (.*)", block).group(1).split(", "))
+        assert {k: resources[k] for k in profile} == {k: str(v) for k, v in profile.items()}, (rule, resources)
+        assert int(resources["runtime"]) == int(10 + spm * n_slides), (rule, resources, n_slides)
+
+
 def test_lint_is_clean(tmp_path):
     workdir = copy_repo(tmp_path / "repo")
     result = snakemake(workdir, "--lint")

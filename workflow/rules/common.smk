@@ -156,16 +156,19 @@ def get_feature_settings():
 
 
 def feature_resources(n_slides):
-    """Resources of a feature batch job: its GPUs, a runtime for its slides, and the profile's
-    set-resources for extract_features (batch rules are named extract_features_<batch>).
-    """
+    """Resources of a feature batch job: its GPUs and a runtime for its slides (minutes)."""
     f = config["features"]
-    profile = workflow.resource_settings.overwrite_resources.get("extract_features", {})
-    return {
-        "gpu": f["gpus"],
-        "runtime": int(10 + f["minutes_per_slide"] * n_slides),
-        **profile,
-    }
+    return {"gpu": f["gpus"], "runtime": int(10 + f["minutes_per_slide"] * n_slides)}
+
+
+def apply_profile_resources(rule_names, profile_name):
+    """A profile's set-resources for ``profile_name`` applied to each of ``rule_names``, as Snakemake
+    applies them to a rule of that name (the feature batch rules are extract_features_<cancer>_<id>).
+    """
+    overrides = workflow.resource_settings.overwrite_resources.get(profile_name)
+    if overrides:
+        for name in rule_names:
+            workflow.get_rule(name).resources.update(overrides)
 
 
 def as_json(**values):

@@ -55,6 +55,10 @@ else:
                 " --out {output:q} --encoder {params.encoder:q} --settings {params.settings:q}"
                 " --threads {threads} --log {log:q} 2>> {log:q}"
 
+    apply_profile_resources(
+        [f"extract_features_{b}" for b in FEATURE_BATCHES], "extract_features"
+    )
+
 
 rule bag_index:
     input:
