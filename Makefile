@@ -20,7 +20,8 @@ demo: install  ## run the embedded demo cohort end to end → results/report/ind
 test: install  ## the whole test suite (unit + workflow); pytest exits non-zero on no tests
 	$(PY) -m pytest
 
-lint: install  ## workflow formatting (snakefmt, .snakefmt.toml) and Snakemake's linter
+lint: install  ## ruff (pyproject.toml: complexity ≤ 12), snakefmt (.snakefmt.toml) and Snakemake's linter
+	ruff check .
 	snakefmt --config .snakefmt.toml --check .
 	snakemake --lint
 

@@ -24,7 +24,6 @@ import os
 import platform
 import pstats
 import resource
-import re
 import shutil
 import string
 import subprocess
@@ -202,7 +201,7 @@ def main() -> int:
             miss = tmp / "missing"
             write_cohort(miss, a.slides, a.cancers, touch=False, paths=a.paths)
             dt, res = run(miss, "-n", "--quiet", *a.extra)
-            err = [l for l in (res.stdout + res.stderr).splitlines() if "Missing" in l or "Error" in l][:3]
+            err = [ln for ln in (res.stdout + res.stderr).splitlines() if "Missing" in ln or "Error" in ln][:3]
             print(f"slide files absent: exit {res.returncode} after {dt:.1f} s: {' | '.join(err)}")
 
         if a.profile:

@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 import torch
 
-from wsikt.encoders import REGISTRY, build_encoder, get_encoder_spec, weights_hash
 from wsikt.device import resolve_device
+from wsikt.encoders import REGISTRY, build_encoder, get_encoder_spec, weights_hash
 from wsikt.features import extract_features
 from wsikt.patch_embedding import AMP_DTYPES, Preprocess
 from wsikt.slide import open_slide, read_region_rgb

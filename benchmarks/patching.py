@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -149,7 +148,7 @@ def clam_point_polygon_loop(tissue, candidates: list[np.ndarray], size: int) -> 
 
 def compare_patchers(slide_path: Path) -> dict:
     """Our vectorised test vs CLAM's loop on the same contours and candidate cells (four_pt)."""
-    from wsikt.patching import contour_keeps, _rasters
+    from wsikt.patching import _rasters, contour_keeps
     from wsikt.slide import open_slide
     from wsikt.tissue import resolve_segmentation, segment_tissue
 

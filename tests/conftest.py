@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from background_runs import BackgroundRun
 from slurm_run import slurm_cluster, slurm_started  # noqa: F401  (fixtures, used by tests/test_slurm.py)
+from test_transfer import cohort  # noqa: F401  (session fixture of test_transfer, test_roupkt, test_baselines)
 from workflow_helpers import copy_repo
 
 FIXTURE_SLIDES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "slides"

@@ -20,7 +20,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from background_runs import BackgroundRun
 from workflow_helpers import copy_repo
 

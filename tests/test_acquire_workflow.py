@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
 
 from wsikt.feature_batches import plan_batches
-from workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gdc_server import FakeGDC  # noqa: E402

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_transfer import CPU, FOLDS, cohort, poison_test_labels  # noqa: F401  (session fixture)
+from test_transfer import CPU, FOLDS, poison_test_labels  # the session fixture `cohort` comes from conftest.py
 
 from wsikt.baselines import BaselineSettings, choose_source, inner_folds, merge_experts, run_baseline_fold, source_pool
 from wsikt.embeddings import read_embeddings

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import yaml
+from workflow_helpers import REPO
 
 from wsikt.demo.cohort import plan_cohort
 from wsikt.metrics import harrell_c
-from workflow_helpers import REPO
 
 
 def _plan(cancers=None):

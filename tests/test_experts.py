@@ -9,12 +9,24 @@ import pandas as pd
 import pytest
 import torch
 
+from wsikt.bags import PRIMARY
 from wsikt.experts import (
-    NullGate, TrainSettings, breslow_log_cumhaz, forward_all, inner_cv_c, life_table_logits, load_expert, new_expert, predict,
-    run_expert_fold, save_expert, step_loss, survival_times, train_expert,
+    NullGate,
+    TrainSettings,
+    breslow_log_cumhaz,
+    forward_all,
+    inner_cv_c,
+    life_table_logits,
+    load_expert,
+    new_expert,
+    predict,
+    run_expert_fold,
+    save_expert,
+    step_loss,
+    survival_times,
+    train_expert,
 )
 from wsikt.models import MODELS, model_scales
-from wsikt.bags import PRIMARY
 from wsikt.survival import assign_bins, fit_time_bins, harrell_c, risk_from_survival
 
 CPU = torch.device("cpu")

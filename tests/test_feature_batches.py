@@ -26,15 +26,21 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from test_features import CMU, write_patch_h5
 
 import wsikt.features as features
-from test_features import CMU, write_patch_h5
 from wsikt.device import gpu_lock_dir
 from wsikt.feature_batches import is_cut, plan_batches
-from wsikt.patch_h5 import read_patch_file
 from wsikt.features import (
-    RESUME_DIR, ExtractionError, SlideJob, extract_features, extract_slides, journal_path, resume_key,
+    RESUME_DIR,
+    ExtractionError,
+    SlideJob,
+    extract_features,
+    extract_slides,
+    journal_path,
+    resume_key,
 )
+from wsikt.patch_h5 import read_patch_file
 
 TCGA = "TCGA-CR-7395-01A-01-TS1.svs"  # no mpp metadata: its patch h5 records target_mpp
 SMALL = "small.svs"  # 16 x 16 px

@@ -257,3 +257,15 @@ def test_unknown_model_and_params_name_config_keys():
         build_model("abmil", DIM, 4, heads=3)
     with pytest.raises(ValueError, match=r"experts\.loss"):
         build_model("abmil", DIM, 4, loss="hinge")
+
+
+def test_torch_free_model_facts_match_the_registries():
+    """wsikt.model_facts (read while the workflow parses, without torch) names what the torch registries hold."""
+    from wsikt import losses, model_facts
+    from wsikt.aggregators import REGISTRY
+
+    assert set(model_facts.MODEL_NAMES) == set(REGISTRY) == set(MODELS)
+    assert set(model_facts.LOSS_NAMES) == set(losses.LOSSES)
+    for name in model_facts.MODEL_NAMES:
+        if name in model_facts.DEFAULT_SCALES:  # the built model reads the scales the config check assumes
+            assert tuple(build_model(name, in_dim=8, n_bins=4).aggregator.scales) == model_scales(name)

@@ -283,8 +283,8 @@ def test_cmu_20x_and_5x_patches_nest_exactly(cmu_nested, cmu_run):
     # tissue has all 16 (DSCA's 4×4 per 5x patch).
     counts = np.bincount(parent, minlength=len(coarse))
     assert counts.max() == 16 and counts.min() >= 1
-    from wsikt.tissue import resolve_segmentation, segment_tissue
     from wsikt.patching import tissue_fraction
+    from wsikt.tissue import resolve_segmentation, segment_tissue
 
     slide = open_slide(cmu_nested["slide"])
     try:

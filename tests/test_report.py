@@ -12,14 +12,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from browser_check import CHROMIUM, check_in_browser
 
 from wsikt.report.build import build_report, positive_transfer
 from wsikt.report.facts import runtime_per_stage
 from wsikt.report.metrics import (
-    FoldPredictions, bootstrap_c_index, fold_time_metrics, harrell_c_batch, load_fold_predictions,
-    read_inner_edges, risk_groups, survival_at,
+    FoldPredictions,
+    bootstrap_c_index,
+    fold_time_metrics,
+    harrell_c_batch,
+    load_fold_predictions,
+    read_inner_edges,
+    risk_groups,
+    survival_at,
 )
 
 ENC, MODEL, EP = "enc", "abmil", "OS"

@@ -9,10 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_transfer import CPU, FOLDS, cohort, poison_test_labels  # noqa: F401  (session fixture)
+from test_transfer import CPU, FOLDS, poison_test_labels  # the session fixture `cohort` comes from conftest.py
 
 from wsikt.embeddings import parse_key, stack_embeddings
-from wsikt.roupkt import ROUPKT, RoupktSettings, balance_loss, load_roupkt, predict_roupkt, roupkt_experts, route, run_roupkt_fold, z_loss
+from wsikt.roupkt import (
+    ROUPKT,
+    RoupktSettings,
+    balance_loss,
+    load_roupkt,
+    predict_roupkt,
+    roupkt_experts,
+    route,
+    run_roupkt_fold,
+    z_loss,
+)
 
 
 def test_route_keeps_topk_probabilities_without_renormalising():

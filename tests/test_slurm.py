@@ -16,7 +16,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from slurm_run import CONFIG, FAIL_RULE, TIMEOUT_S
 
 pytestmark = pytest.mark.slurm

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from wsikt.experts import TrainSettings, load_expert, predict, run_expert_fold, save_expert, train_expert
 from wsikt.aggregators import PRIMARY, model_scales
+from wsikt.experts import TrainSettings, load_expert, predict, run_expert_fold, save_expert, train_expert
 from wsikt.models import MODELS, build_model, pad_bags
 from wsikt.survival import (
     assign_bins,

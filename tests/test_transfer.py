@@ -21,7 +21,14 @@ from wsikt.experts import TrainSettings, load_expert, predict, run_expert_fold
 from wsikt.models import pad_bags
 from wsikt.splits import make_splits
 from wsikt.survival import harrell_c, risk_from_survival
-from wsikt.transfer import positive_sources, positive_table, selection_matrix, training_rows, transfer_matrix, zero_shot_rows
+from wsikt.transfer import (
+    positive_sources,
+    positive_table,
+    selection_matrix,
+    training_rows,
+    transfer_matrix,
+    zero_shot_rows,
+)
 
 CPU = torch.device("cpu")
 DIM = 8

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
-import zipfile
-
 from browser_check import CHROMIUM, check_in_browser
+from workflow_helpers import copy_repo, dry_run_with, jobs_in_dry_run, rules_in_dry_run, snakemake
+
 from wsikt.demo.cohort import plan_cohort, sample_sheet
 from wsikt.feature_batches import plan_batches
-from workflow_helpers import copy_repo, dry_run_with, jobs_in_dry_run, rules_in_dry_run, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -78,6 +77,34 @@ def test_profile_resources_reach_every_feature_batch_job(tmp_path):
         n_slides = len(re.search(r"output: (.*)", block).group(1).split(", "))
         assert {k: resources[k] for k in profile} == {k: str(v) for k, v in profile.items()}, (rule, resources)
         assert int(resources["runtime"]) == int(10 + spm * n_slides), (rule, resources, n_slides)
+
+
+def test_dry_run_builds_the_whole_dag_without_torch(tmp_path):
+    """Parsing the workflow (which every job repeats) never imports torch: with torch made unimportable,
+    `snakemake -n` on the demo still builds every job."""
+    import os
+    import subprocess
+    import sys
+
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is unimportable in this test')\n"
+        "sys.meta_path.insert(0, _NoTorch())\n"
+    )
+    workdir = copy_repo(tmp_path / "repo")
+    env = dict(os.environ, PYTHONPATH=str(block))
+    exe = Path(sys.executable).with_name("snakemake")
+    result = subprocess.run([str(exe), "-n"], cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = jobs_in_dry_run(result)
+    assert jobs["preprocess_slide"] > 0 and jobs["extract_features"] > 0 and jobs["train_roupkt"] > 0 and jobs["report"] == 1
+    check = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
+    assert check.returncode != 0 and "unimportable" in check.stderr  # the block really held
 
 
 def test_lint_is_clean(tmp_path):

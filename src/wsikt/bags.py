@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from wsikt.features import load_features
-
-PRIMARY = "primary"  # scale name meaning "the file's primary magnification", whatever it is
+from wsikt.model_facts import PRIMARY
 
 Pair = tuple[str, str]
 

@@ -40,7 +40,8 @@ def _optional_float(text: str) -> float | None:
 
 def preprocess_slide(a: argparse.Namespace) -> None:
     """Segment and patch one slide (a bad slide → empty outputs with its status)."""
-    from wsikt.preprocess import PatchSettings, preprocess_slide as run
+    from wsikt.preprocess import PatchSettings
+    from wsikt.preprocess import preprocess_slide as run
 
     run(a.slide, a.slide_id, a.tissue, a.patches, a.qc_tissue, a.qc, PatchSettings(**a.settings),
         mpp_override=a.mpp_override, on_error=a.on_error)

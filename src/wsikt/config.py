@@ -9,6 +9,9 @@ import jsonschema
 import pandas as pd
 import yaml
 
+from wsikt.model_facts import PRIMARY, check_loss_config, model_scales
+from wsikt.patching import mag_name
+
 
 class ConfigError(ValueError):
     """The config or sample sheet is invalid; the message names the key and the fix."""
@@ -60,8 +63,6 @@ def check_consistency(config: dict, source: str = "config") -> None:
     if mthresh is not None and mthresh % 2 == 0:
         raise ConfigError(f"{source}: preprocess.segmentation.mthresh {mthresh} must be odd (a median-blur kernel)")
     if "loss" in exp and "patients_per_step" in exp:
-        from wsikt.losses import check_loss_config
-
         try:
             check_loss_config(exp["loss"], exp["patients_per_step"])
         except ValueError as exc:
@@ -70,9 +71,6 @@ def check_consistency(config: dict, source: str = "config") -> None:
         raise ConfigError(f"{source}: experts.null_gate.inner_folds 1 leaves no patient to train on: "
                           "use 0 (off) or at least 2")
     if "model" in exp and target is not None:
-        from wsikt.aggregators import PRIMARY, model_scales
-        from wsikt.patching import mag_name
-
         have = {mag_name(target), *(mag_name(m) for m in context)}
         need = [s for s in model_scales(exp["model"], **exp.get("model_params", {})) if s != PRIMARY]
         missing = [s for s in need if s not in have]

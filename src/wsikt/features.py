@@ -323,6 +323,68 @@ def _primary_rows(path: Path) -> int:
         return len(f["features"])
 
 
+class SlideStream:
+    """Routes the rows of one patch stream over many slides to per-slide writers, in order.
+
+    A slide's writer opens when its first rows arrive and publishes the file when its last row is
+    written; ``abort`` drops the files of slides still open (a failure or interrupt mid-slide).
+    """
+
+    def __init__(self, plans: list[SlidePlan], starts: np.ndarray, dim: int, attrs: dict, bar: tqdm) -> None:
+        self.plans, self.starts, self.dim, self.attrs, self.bar = plans, starts, dim, attrs, bar
+        self.writers: dict[int, FeatureWriter] = {}
+        self.done = 0
+
+    def _writer(self, k: int) -> FeatureWriter:
+        if k not in self.writers:
+            self.writers[k] = FeatureWriter(self.plans[k], self.dim)
+        return self.writers[k]
+
+    def _finish(self, k: int) -> None:
+        w, p = self.writers.pop(k), self.plans[k]
+        w.close(self.attrs)
+        self.done += 1
+        if w.flagged:
+            log.warning("%s: %d unreadable tiles flagged (dataset 'flagged')", p.job.slide, w.flagged)
+        log.info("%s: %d patches (%s) → %s", p.job.name, len(p.patches.mags[0].coords),
+                 ", ".join(f"{m.name}: {len(m.coords)}" for m in p.patches.mags), p.job.out)
+
+    def write_empty(self) -> None:
+        """Slides without patches: nothing to embed, an empty file each."""
+        for k, p in enumerate(self.plans):
+            if p.patches.n_patches == 0:
+                self._writer(k)
+                self._finish(k)
+
+    def sink(self, start: int, values: np.ndarray, ok: np.ndarray) -> None:
+        """``embed``'s sink: rows ``start …`` of the stream."""
+        starts, end = self.starts, start + len(values)
+        k = bisect.bisect_right(starts, start) - 1
+        while k < len(self.plans) and starts[k] < end:
+            lo, hi = max(start, starts[k]), min(end, starts[k + 1])
+            if lo < hi:
+                self._writer(k).write(lo - starts[k], values[lo - start:hi - start], ok[lo - start:hi - start])
+                if self.writers[k].complete:
+                    self._finish(k)
+            k += 1
+        self.bar.update(len(values))
+
+    def slide_of(self, row: int) -> str:
+        """The slide a stream row belongs to (named in errors)."""
+        return str(self.plans[bisect.bisect_right(self.starts, row) - 1].job.slide)
+
+    def abort(self, exc: BaseException) -> BaseException:
+        """Drop the unfinished slides' files; the error to raise, naming them and what was kept."""
+        open_slides = [self.plans[k].job.name for k in self.writers]
+        for w in self.writers.values():
+            w.abort()
+        if not isinstance(exc, Exception):
+            return exc
+        return ExtractionError(f"embedding stopped in {', '.join(open_slides) or 'the first slide'} "
+                               f"({type(exc).__name__}: {exc}); {self.done} of {len(self.plans)} slides were finished "
+                               "and are kept for the rerun, which embeds only the rest")
+
+
 def _embed_slides(plans: list[SlidePlan], encoder: str, batch_size: int, num_workers: int, dev: torch.device,
                   weights: str | None, allow_hub: bool, precision: str | None, compile: bool, prefetch: int,
                   encoder_model: tuple[torch.nn.Module, EncoderSpec, str] | None) -> None:
@@ -333,60 +395,21 @@ def _embed_slides(plans: list[SlidePlan], encoder: str, batch_size: int, num_wor
              time.perf_counter() - t_build, spec.dim, whash[:12])
     attrs = dict(encoder=spec.name, dim=spec.dim, weights_hash=whash, precision=_used_precision(spec.precision, precision, dev))
     dataset, starts = _stream(plans)
-    writers: dict[int, FeatureWriter] = {}
-    done = 0
     bar = tqdm(total=len(dataset), unit="tile", desc=f"{len(plans)} slides", file=sys.stderr, mininterval=10,
                ascii=True, disable=len(dataset) == 0)
-
-    def finish(k: int) -> None:
-        nonlocal done
-        w = writers.pop(k)
-        w.close(attrs)
-        done += 1
-        p = plans[k]
-        if w.flagged:
-            log.warning("%s: %d unreadable tiles flagged (dataset 'flagged')", p.job.slide, w.flagged)
-        log.info("%s: %d patches (%s) → %s", p.job.name, len(p.patches.mags[0].coords),
-                 ", ".join(f"{m.name}: {len(m.coords)}" for m in p.patches.mags), p.job.out)
-
-    def writer(k: int) -> FeatureWriter:
-        if k not in writers:
-            writers[k] = FeatureWriter(plans[k], spec.dim)
-        return writers[k]
-
-    def sink(start: int, values: np.ndarray, ok: np.ndarray) -> None:
-        end, k = start + len(values), bisect.bisect_right(starts, start) - 1
-        while k < len(plans) and starts[k] < end:
-            lo, hi = max(start, starts[k]), min(end, starts[k + 1])
-            if lo < hi:
-                writer(k).write(lo - starts[k], values[lo - start:hi - start], ok[lo - start:hi - start])
-                if writers[k].complete:
-                    finish(k)
-            k += 1
-        bar.update(len(values))
-
-    def slide_of(row: int) -> str:
-        return str(plans[bisect.bisect_right(starts, row) - 1].job.slide)
-
+    stream = SlideStream(plans, starts, spec.dim, attrs, bar)
     try:
-        for k, p in enumerate(plans):  # slides without patches: nothing to embed
-            if p.patches.n_patches == 0:
-                writer(k)
-                finish(k)
+        stream.write_empty()
         chunk = loader_chunk(batch_size, num_workers)
         loader = make_loader(dataset, chunk, num_workers, pin=dev.type == "cuda", prefetch=prefetch * batch_size // chunk,
                              starts=starts)
-        stats = embed(model, spec, loader, dev, sink, precision, compile, label=slide_of, batch_size=batch_size,
-                      starts=starts)
+        stats = embed(model, spec, loader, dev, stream.sink, precision, compile, label=stream.slide_of,
+                      batch_size=batch_size, starts=starts)
     except BaseException as exc:
-        open_slides = [plans[k].job.name for k in writers]
-        for w in writers.values():
-            w.abort()
-        if isinstance(exc, Exception):
-            raise ExtractionError(f"embedding stopped in {', '.join(open_slides) or 'the first slide'} "
-                                  f"({type(exc).__name__}: {exc}); {done} of {len(plans)} slides were finished and are "
-                                  f"kept for the rerun, which embeds only the rest") from exc
-        raise
+        error = stream.abort(exc)
+        if error is exc:
+            raise
+        raise error from exc
     finally:
         bar.close()
     if stats.fp32_retries:

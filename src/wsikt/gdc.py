@@ -342,6 +342,64 @@ def _body_blocks(resp: requests.Response, amt: int) -> Iterator[bytes]:
         yield block
 
 
+def _check_status(resp: requests.Response, file_id: str, partial: Path, offset: int, size: int) -> int:
+    """The offset the body starts at (``offset`` for a 206, 0 for a 200), or raise for the status.
+
+    401/403/404 and other statuses are final (GDCError with the fix); 416, 429, 5xx and a 206 that
+    does not continue ``partial`` are transient (_Retryable, the partial dropped where it cannot be continued).
+    """
+    status = resp.status_code
+    if status in (401, 403):
+        raise GDCAccessError(
+            f"{file_id}: GDC answered {status}: the token is missing, expired or lacks access to this controlled data; "
+            f"{TOKEN_HELP}"
+        )
+    if status == 404:
+        raise GDCError(f"{file_id}: not found on GDC (404); check the file_id in the sample sheet and the data release")
+    if status == 416:
+        partial.unlink(missing_ok=True)
+        raise _Retryable(f"HTTP 416 for bytes={offset}- (partial longer than the server's file?); restarting from 0")
+    if status == 429 or status >= 500:
+        raise _Retryable(f"HTTP {status}", _retry_after_s(resp.headers.get("Retry-After")))
+    if status == 206:
+        match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
+        if not match or int(match.group(1)) != offset or (match.group(3) != "*" and int(match.group(3)) != size):
+            partial.unlink(missing_ok=True)
+            raise _Retryable(f"206 with Content-Range {resp.headers.get('Content-Range')!r} not matching bytes={offset}-; restarting from 0")
+        return offset
+    if status == 200:
+        if offset:
+            logger.info("%s: server ignored Range and sent the whole file; restarting from 0", file_id)
+        return 0
+    raise GDCError(f"{file_id}: unexpected HTTP {status} from GDC data endpoint; check the base URL")
+
+
+def _append_body(resp: requests.Response, partial: Path, offset: int, size: int, chunk: int,
+                 progress: Callable[[int, int], None] | None, summary: dict[str, Any]) -> None:
+    """Write the body to ``partial`` from ``offset`` (appending when > 0); raise _Retryable when it is cut or too long."""
+    expected = size - offset
+    written = 0
+    try:
+        with open(partial, "ab" if offset else "wb", buffering=max(chunk, 1)) as fh:
+            for block in _body_blocks(resp, min(chunk, _READ_BYTES)):
+                if written + len(block) > expected:
+                    fh.write(block[: expected - written])
+                    written = expected
+                    raise _Retryable(f"body longer than the expected {expected} bytes")
+                fh.write(block)
+                written += len(block)
+                summary["bytes_transferred"] += len(block)
+                if progress is not None:
+                    progress(offset + written, size)
+    except requests.RequestException as exc:
+        raise _Retryable(f"body cut after {written} of {expected} bytes ({type(exc).__name__})") from None
+    except _Retryable:
+        partial.unlink(missing_ok=True)  # the server sent something else than this file: start over
+        raise
+    if written < expected:
+        raise _Retryable(f"body ended after {written} of {expected} bytes")
+
+
 def _attempt(
     session: requests.Session,
     url: str,
@@ -370,54 +428,10 @@ def _attempt(
     except requests.RequestException as exc:
         raise _Retryable(f"{type(exc).__name__}: {exc}") from None
     with resp:
-        status = resp.status_code
-        if status in (401, 403):
-            raise GDCAccessError(
-                f"{file_id}: GDC answered {status}: the token is missing, expired or lacks access to this controlled data; "
-                f"{TOKEN_HELP}"
-            )
-        if status == 404:
-            raise GDCError(f"{file_id}: not found on GDC (404); check the file_id in the sample sheet and the data release")
-        if status == 416:
-            partial.unlink(missing_ok=True)
-            raise _Retryable(f"HTTP 416 for bytes={offset}- (partial longer than the server's file?); restarting from 0")
-        if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status}", _retry_after_s(resp.headers.get("Retry-After")))
-        if status == 206:
-            match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
-            if not match or int(match.group(1)) != offset or (match.group(3) != "*" and int(match.group(3)) != size):
-                partial.unlink(missing_ok=True)
-                raise _Retryable(f"206 with Content-Range {resp.headers.get('Content-Range')!r} not matching bytes={offset}-; restarting from 0")
-            mode = "ab"
+        start = _check_status(resp, file_id, partial, offset, size)
+        if resp.status_code == 206:
             summary["resumed"] = True
-        elif status == 200:
-            if offset:
-                logger.info("%s: server ignored Range and sent the whole file; restarting from 0", file_id)
-            offset = 0
-            mode = "wb"
-        else:
-            raise GDCError(f"{file_id}: unexpected HTTP {status} from GDC data endpoint; check the base URL")
-        expected = size - offset
-        written = 0
-        try:
-            with open(partial, mode, buffering=max(chunk, 1)) as fh:
-                for block in _body_blocks(resp, min(chunk, _READ_BYTES)):
-                    if written + len(block) > expected:
-                        fh.write(block[: expected - written])
-                        written = expected
-                        raise _Retryable(f"body longer than the expected {expected} bytes")
-                    fh.write(block)
-                    written += len(block)
-                    summary["bytes_transferred"] += len(block)
-                    if progress is not None:
-                        progress(offset + written, size)
-        except requests.RequestException as exc:
-            raise _Retryable(f"body cut after {written} of {expected} bytes ({type(exc).__name__})") from None
-        except _Retryable:
-            partial.unlink(missing_ok=True)  # the server sent something else than this file: start over
-            raise
-        if written < expected:
-            raise _Retryable(f"body ended after {written} of {expected} bytes")
+        _append_body(resp, partial, start, size, chunk, progress, summary)
 
 
 def summarise_downloads(sheet: pd.DataFrame, summaries: dict[str, dict[str, Any]], slide_dir_exists: Callable[[str], bool]) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-MIN_COX_BATCH = 16  # the partial likelihood compares each event with the batch's patients still at risk
+from wsikt.model_facts import LOSS_NAMES, MIN_COX_BATCH, check_loss_config  # noqa: F401 (the losses' limits)
 
 
 def nll_loss(hazards: torch.Tensor, bins: torch.Tensor, events: torch.Tensor, alpha: float = 0.5, eps: float = 1e-7) -> torch.Tensor:
@@ -73,14 +73,3 @@ def get_loss(name: str) -> LossFn:
     if name not in LOSSES:
         raise ValueError(f"unknown experts.loss '{name}': use one of {sorted(LOSSES)}")
     return LOSSES[name]
-
-
-def check_loss_config(loss: str, patients_per_step: int) -> None:
-    """Reject a loss the optimiser steps cannot support, before any job runs."""
-    get_loss(loss)
-    if loss == "cox" and patients_per_step < MIN_COX_BATCH:
-        raise ValueError(
-            f"experts.loss 'cox' needs experts.patients_per_step ≥{MIN_COX_BATCH} (got {patients_per_step}): "
-            "the partial likelihood ranks each event only against the patients in the same optimiser step; "
-            "use 'nll' or raise patients_per_step"
-        )

@@ -183,6 +183,58 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, pin: bool, 
     )
 
 
+def regroup(loader: DataLoader, device: torch.device, batch_size: int, starts: Sequence[int] = ()):
+    """(uint8 batch on the device, ok flags) of ``batch_size`` rows (the last may be shorter).
+
+    Loader batches are copied to the device as they come. A forward never spans two slides (rows in
+    ``starts`` begin a new one): each slide is then embedded in the same forwards whatever batch of
+    slides it is in, so its features are too.
+    """
+    breaks = {int(s) for s in starts}
+    chunks, oks, n, row = [], [], 0, 0
+    for batch, ok in loader:
+        if chunks and row in breaks:
+            yield (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), torch.cat(oks)
+            chunks, oks, n = [], [], 0
+        row += len(batch)
+        chunks.append(batch.to(device, non_blocking=True))
+        oks.append(ok)
+        n += len(batch)
+        if n >= batch_size:
+            yield (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), torch.cat(oks)
+            chunks, oks, n = [], [], 0
+    if chunks:
+        yield torch.cat(chunks), torch.cat(oks)
+
+
+def _to_host(y: torch.Tensor, cuda: bool) -> tuple[torch.Tensor, "torch.cuda.Event | None"]:
+    """An asynchronous copy of the forward's output into pinned host memory, and the event that ends it."""
+    if not cuda:
+        return y, None
+    out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+    out.copy_(y, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return out, event
+
+
+def _finite_rows(model: torch.nn.Module, spec: EncoderSpec, feats: np.ndarray, x: torch.Tensor, amp, stats: RunStats,
+                 where: Callable[[int], str], start: int) -> np.ndarray:
+    """``feats`` with rows that overflowed under autocast recomputed in fp32; still non-finite raises."""
+    bad = ~np.isfinite(feats).all(1)
+    if bad.any() and amp is not None:  # fp16 overflow: recompute those rows in full precision
+        idx = torch.from_numpy(np.flatnonzero(bad)).to(x.device)
+        with torch.autocast(x.device.type, enabled=False):
+            feats = feats.copy()
+            feats[bad] = model(x[idx].float()).float().cpu().numpy()
+        stats.fp32_retries += int(bad.sum())
+        bad = ~np.isfinite(feats).all(1)
+    if bad.any():
+        raise ValueError(f"{where(start + int(np.flatnonzero(bad)[0]))}: encoder '{spec.name}' produced NaN/inf for "
+                         f"{int(bad.sum())} patches (rows from {start}); check the weights file (features.weights)")
+    return feats
+
+
 def embed(
     model: torch.nn.Module,
     spec: EncoderSpec,
@@ -197,8 +249,8 @@ def embed(
 ) -> RunStats:
     """Embed every batch of ``loader`` in order; ``sink(start_row, features (n, D) float32, ok (n,))``.
 
-    Loader batches are copied to the device as they come and regrouped there into forwards of
-    ``batch_size`` rows (default: the loader's batch size), restarting at each row of ``starts``.
+    Loader batches are regrouped on the device into forwards of ``batch_size`` rows (default: the
+    loader's batch size), restarting at each row of ``starts`` (see ``regroup``).
 
     The forward of batch k is queued before batch k-1's outputs are waited for and handed to the
     sink, so the device never idles on the host's writes. Rows that come out non-finite under
@@ -215,6 +267,7 @@ def embed(
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model, dynamic=False) if compile else model
     batch_size = batch_size or loader.batch_size or 1
+    where = label if callable(label) else (lambda _row: label)
     stats = RunStats()
     pending: tuple | None = None
     t0 = time.perf_counter()
@@ -230,57 +283,14 @@ def embed(
         out, event, start, ok, x = item
         if event is not None:
             event.synchronize()
-        feats = out.numpy()
-        bad = ~np.isfinite(feats).all(1)
-        if bad.any() and amp is not None:  # fp16 overflow: recompute those rows in full precision
-            idx = torch.from_numpy(np.flatnonzero(bad)).to(device)
-            with torch.autocast(device.type, enabled=False):
-                feats = feats.copy()
-                feats[bad] = model(x[idx].float()).float().cpu().numpy()
-            stats.fp32_retries += int(bad.sum())
-            bad = ~np.isfinite(feats).all(1)
-        if bad.any():
-            where = label(start + int(np.flatnonzero(bad)[0])) if callable(label) else label
-            raise ValueError(f"{where}: encoder '{spec.name}' produced NaN/inf for {int(bad.sum())} patches "
-                             f"(rows from {start}); check the weights file (features.weights)")
-        sink(start, feats, ok)
+        sink(start, _finite_rows(model, spec, out.numpy(), x, amp, stats, where, start), ok)
         stats.flagged += int((~ok).sum())
-
-    breaks = {int(s) for s in starts}
-
-    def regrouped():
-        """(uint8 batch on the device, ok flags) of ``batch_size`` rows (the last may be shorter).
-
-        A forward never spans two slides (rows in ``starts`` begin a new one): each slide is then
-        embedded in the same forwards whatever batch of slides it is in, so its features are too.
-        """
-        chunks, oks, n, row = [], [], 0, 0
-        for batch, ok in loader:
-            if chunks and row in breaks:
-                yield (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), torch.cat(oks)
-                chunks, oks, n = [], [], 0
-            row += len(batch)
-            chunks.append(batch.to(device, non_blocking=True))
-            oks.append(ok)
-            n += len(batch)
-            if n >= batch_size:
-                yield (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), torch.cat(oks)
-                chunks, oks, n = [], [], 0
-        if chunks:
-            yield torch.cat(chunks), torch.cat(oks)
 
     with torch.inference_mode():
         start = 0
-        for batch, ok in regrouped():
+        for batch, ok in regroup(loader, device, batch_size, starts):
             x = prep(batch)
-            y = run(x)
-            if cuda:
-                out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
-                out.copy_(y, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-            else:
-                out, event = y, None
+            out, event = _to_host(run(x), cuda)
             if pending is not None:
                 finish(pending)
             pending = (out, event, start, ok.numpy().astype(bool), x)

@@ -17,9 +17,26 @@ import numpy as np
 import openslide
 
 from wsikt.io import atomic_path
-from wsikt.patching import CONTOUR_FNS, Level, clam_grid, global_grid, mag_name, nest_levels, qc_grid_image, qc_tissue_image
+from wsikt.patching import (
+    CONTOUR_FNS,
+    Level,
+    clam_grid,
+    global_grid,
+    mag_name,
+    nest_levels,
+    qc_grid_image,
+    qc_tissue_image,
+)
 from wsikt.slide import ReadPlan, SlideError, open_slide, plan_read, slide_mpp
-from wsikt.tissue import TissueMask, empty_geojson, read_level_rgb, resolve_segmentation, segment_tissue, tissue_geojson, write_geojson
+from wsikt.tissue import (
+    TissueMask,
+    empty_geojson,
+    read_level_rgb,
+    resolve_segmentation,
+    segment_tissue,
+    tissue_geojson,
+    write_geojson,
+)
 
 log = logging.getLogger("wsikt.preprocess")
 

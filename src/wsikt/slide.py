@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import openslide
 
-
 _MPP_RANGE = (0.05, 50.0)
 
 

@@ -4,9 +4,9 @@ import torch
 
 from wsikt.bag_index import read_bag_index
 from wsikt.bags import load_patient_bags
+from wsikt.device import resolve_device
 from wsikt.embeddings import embed_target, expert_key_from_path
 from wsikt.experts import load_expert
-from wsikt.device import resolve_device
 from wsikt.io import write_tsv
 from wsikt.logs import log_to
 from wsikt.transfer import training_rows, zero_shot_rows

@@ -5,9 +5,9 @@ import torch
 from wsikt.bag_index import read_bag_index
 from wsikt.bags import load_patient_bags
 from wsikt.baselines import BaselineSettings, needs_bags, run_baseline_fold
+from wsikt.device import resolve_device
 from wsikt.embeddings import expert_key_from_path
 from wsikt.experts import TrainSettings, load_expert
-from wsikt.device import resolve_device
 from wsikt.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -4,8 +4,8 @@ import torch
 
 from wsikt.bag_index import read_bag_index
 from wsikt.bags import load_patient_bags
-from wsikt.experts import TrainSettings
 from wsikt.device import resolve_device
+from wsikt.experts import TrainSettings
 from wsikt.logs import log_to
 from wsikt.roupkt import RoupktSettings, run_roupkt_fold
 

@@ -11,14 +11,23 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from wsikt.aggregators.base import Aggregator, Batch, CrossAttention, GatedAttention, masked_softmax, pack_arrays, pad_bags
+from wsikt.aggregators.base import (
+    Aggregator,
+    Batch,
+    CrossAttention,
+    GatedAttention,
+    masked_softmax,
+    pack_arrays,
+    pad_bags,
+)
 from wsikt.aggregators.chowder import Chowder
 from wsikt.aggregators.crossfusion import CrossFusion
 from wsikt.aggregators.dsca import DSCA
 from wsikt.aggregators.dsmil import DSMIL
 from wsikt.aggregators.pooling import ABMIL, PoolMIL
 from wsikt.aggregators.transmil import TransMIL
-from wsikt.bags import PRIMARY, Bag
+from wsikt.bags import Bag
+from wsikt.model_facts import PRIMARY, model_scales
 
 REGISTRY: dict[str, Callable[..., Aggregator]] = {
     "abmil": ABMIL,
@@ -121,18 +130,6 @@ def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25, loss
     except TypeError as exc:
         raise ValueError(f"experts.model_params {sorted(params)} do not fit model '{name}': {exc}") from None
     return Expert(agg, in_dim, n_bins, loss)
-
-
-def model_scales(name: str, **params: Any) -> tuple[str, ...]:
-    """Magnifications model ``name`` reads (PRIMARY = the features' primary one): what to load bags with."""
-    if "scales" in params:
-        return tuple(params["scales"])
-    if name not in REGISTRY:
-        raise _unknown(name)
-    agg = {"dsca": DSCA, "crossfusion": CrossFusion}.get(name)
-    if agg is None:
-        return (PRIMARY,)
-    return tuple(agg.__init__.__defaults__[-1])  # the class default, without building weights
 
 
 __all__ = [

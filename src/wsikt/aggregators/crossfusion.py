@@ -14,16 +14,24 @@ import torch
 from torch import nn
 
 from wsikt.aggregators.base import (
-    Aggregator, Batch, CrossAttention, GatedAttention, children_index, gather_rows, parent_index, project,
+    Aggregator,
+    Batch,
+    CrossAttention,
+    GatedAttention,
+    children_index,
+    gather_rows,
+    parent_index,
+    project,
 )
 from wsikt.bags import Bag, as_patient_bag
+from wsikt.model_facts import DEFAULT_SCALES
 
 
 class CrossFusion(Aggregator):
     """Middle-magnification tokens cross-attend to parent (coarse) and children (fine), fused, pooled."""
 
     def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, dropout: float = 0.25, heads: int = 8,
-                 attn_hidden: int = 384, scales: Sequence[str] = ("20x", "10x", "5x")) -> None:
+                 attn_hidden: int = 384, scales: Sequence[str] = DEFAULT_SCALES["crossfusion"]) -> None:
         super().__init__()
         if len(scales) != 3:
             raise ValueError(f"CrossFusion needs three magnifications (fine, middle, coarse), got {list(scales)}")

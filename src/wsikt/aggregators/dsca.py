@@ -13,15 +13,24 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from wsikt.aggregators.base import Aggregator, Batch, CrossAttention, GatedAttention, children_index, gather_rows, project
+from wsikt.aggregators.base import (
+    Aggregator,
+    Batch,
+    CrossAttention,
+    GatedAttention,
+    children_index,
+    gather_rows,
+    project,
+)
 from wsikt.bags import Bag, as_patient_bag
+from wsikt.model_facts import DEFAULT_SCALES
 
 
 class DSCA(Aggregator):
     """Fine stream square-pooled into coarse tokens (conv + cross-attention), summed, gated-attention pooled."""
 
     def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, dropout: float = 0.25, heads: int = 8,
-                 attn_hidden: int = 384, scales: Sequence[str] = ("20x", "5x")) -> None:
+                 attn_hidden: int = 384, scales: Sequence[str] = DEFAULT_SCALES["dsca"]) -> None:
         super().__init__()
         if len(scales) != 2:
             raise ValueError(f"DSCA needs two magnifications (fine, coarse), got {list(scales)}")

@@ -18,11 +18,17 @@ import yaml
 
 from wsikt.io import atomic_path, write_text, write_tsv
 from wsikt.report.facts import (
-    ENDPOINTS, STAGE_ORDER, data_release, device_facts, format_seconds, runtime_per_stage, software_versions,
+    ENDPOINTS,
+    STAGE_ORDER,
+    data_release,
+    device_facts,
+    format_seconds,
+    runtime_per_stage,
+    software_versions,
 )
 from wsikt.report.figures import km_panels, transfer_heatmap
-from wsikt.transfer import POSITIVE_THRESHOLDS, positive_table
 from wsikt.report.metrics import BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES, expert_metrics, load_fold_predictions
+from wsikt.transfer import POSITIVE_THRESHOLDS, positive_table
 
 _EXCLUSION_COLUMNS = ["patient_id", "cancer", "reason", "stage"]
 
