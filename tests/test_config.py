@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from wsikt.aggregators import MODELS
 from wsikt.config import ConfigError, validate_config, validate_samples
 from wsikt.encoders import REGISTRY
-from wsikt.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from wsikt.aggregators import MODELS
 from wsikt.bags import PRIMARY
 from wsikt.experts import (
     NullGate,
@@ -26,8 +27,9 @@ from wsikt.experts import (
     survival_times,
     train_expert,
 )
-from wsikt.models import MODELS, model_scales
-from wsikt.survival import assign_bins, fit_time_bins, harrell_c, risk_from_survival
+from wsikt.metrics import harrell_c
+from wsikt.model_facts import model_scales
+from wsikt.survival import assign_bins, fit_time_bins, risk_from_survival
 
 CPU = torch.device("cpu")
 SINGLE_SCALE = [m for m in MODELS if model_scales(m) == (PRIMARY,)]

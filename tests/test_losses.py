@@ -18,7 +18,6 @@ from wsikt.losses import (
     nll_loss,
 )
 from wsikt.metrics import harrell_c
-from wsikt.survival import nll_loss as nll_from_survival
 from wsikt.survival import risk_from_survival, survival_curve
 
 D = torch.float64
@@ -44,10 +43,6 @@ def test_nll_two_patients_tied_in_one_bin_by_hand():
     expected = (-math.log(0.8) - math.log(0.5) + 0.6 * -math.log(0.4)) / 2
     assert expected == pytest.approx(0.7330326, abs=1e-6)
     assert float(got) == pytest.approx(expected, abs=1e-12)
-
-
-def test_nll_old_import_path_is_the_same_function():
-    assert nll_from_survival is nll_loss
 
 
 # ---------------------------------------------------------------------------------------------

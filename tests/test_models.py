@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from wsikt.aggregators import MODELS, build_model, pad_bags
 from wsikt.bags import PRIMARY, PatientBag, load_patient_bags
 from wsikt.experts import TrainSettings, load_expert, predict, save_expert, train_expert
-from wsikt.models import MODELS, build_model, model_scales, pad_bags
+from wsikt.model_facts import model_scales
 
 CPU = torch.device("cpu")
 DIM = 6

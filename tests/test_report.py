@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from browser_check import CHROMIUM, check_in_browser
 
+from wsikt.metrics import survival_at
 from wsikt.report.build import build_report, positive_transfer
 from wsikt.report.facts import runtime_per_stage
 from wsikt.report.metrics import (
@@ -24,7 +25,6 @@ from wsikt.report.metrics import (
     load_fold_predictions,
     read_inner_edges,
     risk_groups,
-    survival_at,
 )
 
 ENC, MODEL, EP = "enc", "abmil", "OS"

@@ -9,17 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from wsikt.aggregators import PRIMARY, model_scales
+from wsikt.aggregators import MODELS, PRIMARY, build_model, model_scales, pad_bags
 from wsikt.experts import TrainSettings, load_expert, predict, run_expert_fold, save_expert, train_expert
-from wsikt.models import MODELS, build_model, pad_bags
-from wsikt.survival import (
-    assign_bins,
-    fit_time_bins,
-    harrell_c,
-    nll_loss,
-    risk_from_survival,
-    survival_curve,
-)
+from wsikt.losses import nll_loss
+from wsikt.metrics import harrell_c
+from wsikt.survival import assign_bins, fit_time_bins, risk_from_survival, survival_curve
 
 CPU = torch.device("cpu")
 

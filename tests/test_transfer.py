@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
+from wsikt.aggregators import pad_bags
 from wsikt.bags import load_patient_bags
 from wsikt.embeddings import cache_keys, embed_target, read_embeddings, read_risks
 from wsikt.experts import TrainSettings, load_expert, predict, run_expert_fold
-from wsikt.models import pad_bags
+from wsikt.metrics import harrell_c
 from wsikt.splits import make_splits
-from wsikt.survival import harrell_c, risk_from_survival
+from wsikt.survival import risk_from_survival
 from wsikt.transfer import (
     positive_sources,
     positive_table,

@@ -24,12 +24,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from wsikt.aggregators import pad_bags
 from wsikt.embeddings import ExpertKey, cache_keys, read_embeddings
 from wsikt.experts import TrainSettings, load_expert, predict
 from wsikt.io import atomic_path
-from wsikt.models import pad_bags
+from wsikt.metrics import harrell_c
 from wsikt.splits import make_splits
-from wsikt.survival import assign_bins, fit_time_bins, harrell_c, risk_from_survival, survival_curve
+from wsikt.survival import assign_bins, fit_time_bins, risk_from_survival, survival_curve
 from wsikt.transfer import fit_survival, positive_sources, selection_matrix, write_fold_outputs
 
 log = logging.getLogger("wsikt.baselines")

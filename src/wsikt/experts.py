@@ -24,9 +24,9 @@ from wsikt.aggregators import Expert, build_model
 from wsikt.bags import Bag, as_patient_bag, primary_features
 from wsikt.io import atomic_path, write_json, write_tsv
 from wsikt.losses import check_loss_config, cox_ph_loss, nll_loss
-from wsikt.metrics import evaluate_fold
+from wsikt.metrics import evaluate_fold, harrell_c
 from wsikt.splits import inner_folds
-from wsikt.survival import assign_bins, fit_time_bins, harrell_c, risk_from_survival
+from wsikt.survival import assign_bins, fit_time_bins, risk_from_survival
 
 log = logging.getLogger("wsikt.experts")
 

@@ -34,10 +34,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from wsikt.aggregators import ABMIL, pad_bags
 from wsikt.embeddings import ExpertKey, cache_keys, key_name, stack_embeddings
 from wsikt.experts import TrainSettings
 from wsikt.io import atomic_path, write_tsv
-from wsikt.models import ABMIL, pad_bags
 from wsikt.survival import assign_bins, fit_time_bins, survival_curve
 from wsikt.transfer import fit_survival, positive_sources, selection_matrix, write_fold_outputs
 

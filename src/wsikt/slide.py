@@ -127,8 +127,3 @@ def read_region_rgb(
     rgb[rgba[..., 3] == 0] = 255
     return rgb
 
-
-def best_level_for_downsample(level_downsamples: tuple[float, ...], downsample: float) -> int:
-    """The level whose downsample is closest to ``downsample`` in log scale (CLAM's seg-level choice)."""
-    logs = np.abs(np.log(np.asarray(level_downsamples, dtype=float)) - math.log(downsample))
-    return int(np.argmin(logs))

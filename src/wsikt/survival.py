@@ -1,17 +1,11 @@
-"""Discrete-time survival: time bins fit on training patients, survival curves and risk.
-
-``nll_loss`` (wsikt.losses) and ``harrell_c`` (wsikt.metrics) are re-exported for older imports.
-"""
+"""Discrete-time survival: time bins fit on training patients, survival curves and risk."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from wsikt.losses import nll_loss
-from wsikt.metrics import harrell_c
-
-__all__ = ["assign_bins", "fit_time_bins", "harrell_c", "nll_loss", "risk_from_survival", "survival_curve"]
+__all__ = ["assign_bins", "fit_time_bins", "risk_from_survival", "survival_curve"]
 
 
 def fit_time_bins(

@@ -20,7 +20,9 @@ from torch import nn
 from wsikt.embeddings import ExpertKey, read_risks
 from wsikt.experts import TrainSettings, cosine_with_warmup, optimizer_for
 from wsikt.io import write_json, write_tsv
-from wsikt.survival import harrell_c, nll_loss, risk_from_survival
+from wsikt.losses import nll_loss
+from wsikt.metrics import harrell_c
+from wsikt.survival import risk_from_survival
 
 POSITIVE_THRESHOLDS = (0.5, 0.6)
 

@@ -97,16 +97,6 @@ def get_cancer_slides(wildcards):
     return dict(zip(rows["slide_id"], rows["patient_id"]))
 
 
-def get_all_slides(wildcards):
-    """Slide id → [patient id, cancer] for every slide of the cohort."""
-    return {
-        s: [p, c]
-        for s, p, c in SAMPLES[["slide_id", "patient_id", "cancer"]].itertuples(
-            index=False
-        )
-    }
-
-
 def get_cancer_patches(wildcards):
     """Patch h5 files of every slide of one cancer (its feature files when features are ingested)."""
     if config["features"]["ingest"]:

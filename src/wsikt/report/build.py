@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from wsikt.io import atomic_path, write_text, write_tsv
+from wsikt.metrics import BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES
 from wsikt.report.facts import (
     ENDPOINTS,
     STAGE_ORDER,
@@ -27,7 +28,7 @@ from wsikt.report.facts import (
     software_versions,
 )
 from wsikt.report.figures import km_panels, transfer_heatmap
-from wsikt.report.metrics import BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES, expert_metrics, load_fold_predictions
+from wsikt.report.metrics import expert_metrics, load_fold_predictions
 from wsikt.transfer import POSITIVE_THRESHOLDS, positive_table
 
 _EXCLUSION_COLUMNS = ["patient_id", "cancer", "reason", "stage"]

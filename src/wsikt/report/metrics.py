@@ -20,15 +20,11 @@ import numpy as np
 import pandas as pd
 
 from wsikt import metrics as M
-from wsikt.metrics import (  # noqa: F401  (re-exported: the report's names for the shared metrics)
+from wsikt.metrics import (
     BOOT_SEED,
-    MIN_TEST_EVENTS,
     N_BOOT,
-    N_EVAL_TIMES,
     BootstrapCI,
     TimeMetrics,
-    evaluation_times,
-    survival_at,
     time_metrics,
 )
 
