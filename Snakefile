@@ -25,8 +25,11 @@ wildcard_constraints:
 include: "workflow/rules/acquire.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/cohort.smk"
 include: "workflow/rules/experts.smk"
 include: "workflow/rules/transfer.smk"
+include: "workflow/rules/roupkt.smk"
+include: "workflow/rules/baselines.smk"
 include: "workflow/rules/report.smk"
 
 

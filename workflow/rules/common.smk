@@ -24,6 +24,7 @@ ENCODER = config["features"]["encoder"]
 MODEL = config["experts"]["model"]
 ENDPOINT = config["endpoint"]
 FOLDS = list(range(config["experts"]["folds"]))
+TRANSFER = "results/transfer/{encoder}/{model}/{endpoint}"  # transfer, roupkt and baselines rules write here
 
 if config["demo"]["enabled"]:
     from wsikt.demo.cohort import plan_cohort, sample_sheet

@@ -1,7 +1,6 @@
 # Feature extraction: one h5 per slide per encoder, written by batch jobs (one encoder load per batch).
 # With features.ingest set, existing CLAM/TRIDENT/.pt features are converted instead (no slides read).
-# These rules run `python -m wsikt.cli <rule>` (shell:, not script:): see common.smk. One bag
-# index per cancer lists (and checks) its feature files for every model-training rule downstream.
+# These rules run `python -m wsikt.cli <rule>` (shell:, not script:): see common.smk.
 
 
 if config["features"]["ingest"]:
@@ -58,18 +57,3 @@ else:
     apply_profile_resources(
         [f"extract_features_{b}" for b in FEATURE_BATCHES], "extract_features"
     )
-
-
-rule bag_index:
-    input:
-        features=get_cancer_features,
-    output:
-        "results/bags/{encoder}/{cancer}.tsv",
-    log:
-        "logs/bags/{encoder}/{cancer}.log",
-    conda:
-        "../envs/wsikt.yaml"
-    params:
-        slides=get_cancer_slides,
-    script:
-        "../scripts/bag_index.py"

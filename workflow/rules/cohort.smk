@@ -1,0 +1,59 @@
+# The cohort for modelling: labels from the clinical table, patient-level splits, and one bag index
+# per cancer that lists (and checks) its feature files for every model rule downstream. Slide lists
+# reach rules as params (not the sample sheet as input): a new slide reruns its cancer only.
+
+
+rule build_labels:
+    input:
+        clinical=CLINICAL,
+    output:
+        labels="results/labels/{endpoint}/{cancer}.tsv",
+        excluded="results/labels/{endpoint}/{cancer}.excluded.tsv",
+    log:
+        "logs/labels/{endpoint}/{cancer}.log",
+    benchmark:
+        "results/benchmarks/labels/{endpoint}/{cancer}.tsv"
+    conda:
+        "../envs/wsikt.yaml"
+    params:
+        endpoint="{endpoint}",
+        cancer="{cancer}",
+        slides=get_cancer_slides,
+    script:
+        "../scripts/build_labels.py"
+
+
+rule make_splits:
+    input:
+        labels="results/labels/{endpoint}/{cancer}.tsv",
+        patches=get_cancer_patches,
+    output:
+        split="results/splits/{endpoint}/{cancer}.tsv",
+        excluded="results/splits/{endpoint}/{cancer}.excluded.tsv",
+    log:
+        "logs/splits/{endpoint}/{cancer}.log",
+    benchmark:
+        "results/benchmarks/splits/{endpoint}/{cancer}.tsv"
+    conda:
+        "../envs/wsikt.yaml"
+    params:
+        slides=get_cancer_slides,
+        folds=config["experts"]["folds"],
+        seed=config["experts"]["seed"],
+    script:
+        "../scripts/make_splits.py"
+
+
+rule bag_index:
+    input:
+        features=get_cancer_features,
+    output:
+        "results/bags/{encoder}/{cancer}.tsv",
+    log:
+        "logs/bags/{encoder}/{cancer}.log",
+    conda:
+        "../envs/wsikt.yaml"
+    params:
+        slides=get_cancer_slides,
+    script:
+        "../scripts/bag_index.py"
