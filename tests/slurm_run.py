@@ -26,7 +26,7 @@ from workflow_helpers import copy_repo
 REPO = Path(__file__).resolve().parents[1]
 START = REPO / ".ci/slurm/start.sh"
 STOP = REPO / ".ci/slurm/stop.sh"
-CONFIG = "config/slurm_test.yaml"
+CONFIG = str(Path(__file__).resolve().with_name("slurm_test.yaml"))  # the tiny demo for the CI cluster
 FAIL_RULE = "preprocess_slide"
 TIMEOUT_S = 1500  # each run, from its start
 

@@ -1,4 +1,4 @@
-"""The workflow on a real (single-node) SLURM cluster: profiles/ci-slurm + config/slurm_test.yaml.
+"""The workflow on a real (single-node) SLURM cluster: profiles/ci-slurm + tests/slurm_test.yaml.
 
 The cluster comes from .ci/slurm/start.sh (slurmctld + slurmd + munged on localhost, one fake GPU,
 no accounting). The test needs no change to the library or the rules; the run, its probe inside
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from slurm_run import CONFIG, FAIL_RULE, TIMEOUT_S
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = ("train_expert", "embed_cohort", "train_roupkt")  # config/slurm_test.yaml: experts.gpus 1
+GPU_RULES = ("train_expert", "embed_cohort", "train_roupkt")  # tests/slurm_test.yaml: experts.gpus 1
 
 if shutil.which("sbatch") is None:
     pytest.skip(
@@ -92,7 +93,7 @@ def test_features_are_embedded_in_one_sbatch_job_per_batch(runs):
 
     workdir = runs["slurm"]
     sheet = pd.read_csv(workdir / "resources/demo/samples.tsv", sep="\t")
-    spj = yaml.safe_load((workdir / CONFIG).read_text())["features"]["slides_per_job"]
+    spj = yaml.safe_load(Path(CONFIG).read_text())["features"]["slides_per_job"]
     batches = plan_batches(sheet.groupby("cancer")["slide_id"].apply(list).to_dict(), spj)
     jobs = {r["job"] for r in _probe_records(runs["probe"]) if _rule_of(r) == "extract_features"}
     assert len(jobs) == len(batches) <= -(-len(sheet) // spj) + sheet["cancer"].nunique(), (jobs, batches)
