@@ -4,7 +4,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config only when the user gives none: a user's --configfile replaces it (never merged
+# into the demo's values); keys it leaves out take the schema's documented defaults (common.smk).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -36,6 +40,7 @@ include: "workflow/rules/report.smk"
 # Seconds of reading small files: on a cluster they run on the submit host instead of queueing.
 localrules:
     bag_index,
+    effective_config,
     summarise_experts,
     summarise_roupkt,
     summarise_baseline,

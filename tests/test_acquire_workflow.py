@@ -173,3 +173,61 @@ def test_downloaded_slides_on_disk_stay_bounded(tmp_path, fixture_slides):
         assert 1 <= peak[0] <= bound, (peak[0], bound, {k: len(v) for k, v in batches.items()})
     finally:
         srv.shutdown()
+
+
+def _effective_config(workdir: Path, *configfiles: str) -> dict:
+    """The config the jobs run with: Snakemake's parsed config, validated, defaults filled (effective_config)."""
+    args = [a for f in configfiles for a in ("--configfile", f)]
+    run = snakemake(workdir, "results/config/effective.yaml", "--cores", "1", *args)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return yaml.safe_load((workdir / "results/config/effective.yaml").read_text())
+
+
+def _recorded_sheet(workdir: Path, path: str) -> None:
+    rows = [dict(slide_id=f"TCGA-AA-{i:04d}-01Z-00-DX1.X{i}", patient_id=f"TCGA-AA-{i:04d}", cancer="AAAA",
+                 path=f"resources/slides/TCGA-AA-{i:04d}-01Z-00-DX1.X{i}.svs", file_id=f"id-{i}",
+                 file_name=f"x{i}.svs", md5="0" * 32, size=1000) for i in range(6)]
+    (workdir / path).parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(workdir / path, sep="\t", index=False)
+
+
+def test_tcga_config_segments_with_clams_tcga_preset_not_the_demos_values(tmp_path):
+    """`--configfile config/tcga.yaml` replaces the demo config: segmentation is CLAM's tcga preset, with
+    its areas in µm² at 40x as tcga.yaml documents, and none of the demo's otsu/area overrides."""
+    from wsikt.tissue import clam_units_to_um2, resolve_segmentation
+
+    workdir = copy_repo(tmp_path / "repo")
+    _recorded_sheet(workdir, "resources/gdc/samples.tsv")  # the sheet the GDC query would have written
+    cfg = _effective_config(workdir, "config/tcga.yaml")
+    seg = cfg["preprocess"]["segmentation"]
+    assert seg["preset"] == "tcga" and seg["area_unit"] == "um2" and seg["seg_downsample"] == 64
+    params = resolve_segmentation(seg)
+    # mahmoodlab/CLAM presets/tcga.csv (commit 7e24b449): sthresh 8, mthresh 7, close 4, use_otsu FALSE,
+    # a_t 16, a_h 4, max_n_holes 8; create_patches_fp.py has no Otsu floor.
+    assert (params.sthresh, params.mthresh, params.close, params.use_otsu, params.max_n_holes) == (8, 7, 4, False, 8)
+    assert params.a_t == pytest.approx(clam_units_to_um2(16)) and params.a_h == pytest.approx(clam_units_to_um2(4))
+    assert params.otsu_min == 0
+    demo = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    assert cfg["features"]["encoder"] != demo["features"]["encoder"] and cfg["demo"]["enabled"] is False
+
+
+def test_minimal_user_config_takes_documented_defaults_not_the_demos(tmp_path):
+    """A config with only samples, clinical and demo off trains with the schema's (CROPKT) defaults."""
+    workdir = copy_repo(tmp_path / "repo")
+    _recorded_sheet(workdir, "resources/own/samples.tsv")
+    (workdir / "resources/own/clinical.tsv").write_text("bcr_patient_barcode\ttype\tOS\tOS.time\n")
+    (workdir / "config/own.yaml").write_text(yaml.safe_dump(
+        {"samples": "resources/own/samples.tsv", "clinical": "resources/own/clinical.tsv", "demo": {"enabled": False}}))
+    cfg = _effective_config(workdir, "config/own.yaml")
+    schema = yaml.safe_load((workdir / "workflow/schemas/config.schema.yaml").read_text())["properties"]
+    experts = schema["experts"]["properties"]
+    for key in ("model", "folds", "epochs", "lr", "patients_per_step", "feature_norm", "alpha"):
+        assert cfg["experts"][key] == experts[key]["default"], key
+    # CROPKT's expert setup (DESIGN.md §1), not the demo's small-cohort settings.
+    assert (cfg["experts"]["epochs"], cfg["experts"]["lr"], cfg["experts"]["patients_per_step"]) == (20, 1e-4, 16)
+    assert cfg["experts"]["null_gate"]["inner_folds"] == 0 and cfg["experts"]["feature_norm"] == "none"
+    assert cfg["features"]["encoder"] == "uni_v2" and cfg["preprocess"]["segmentation"]["preset"] == "tcga"
+    demo = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    for section, key in (("experts", "epochs"), ("experts", "lr"), ("experts", "patients_per_step"),
+                         ("features", "encoder"), ("features", "slides_per_job")):
+        assert cfg[section][key] != demo[section][key], (section, key)

@@ -80,6 +80,13 @@ def check_consistency(config: dict, source: str = "config") -> None:
                               f"have only {sorted(have)}: add [{mpps}] to preprocess.context_mpp")
 
 
+def write_config(config: dict, path: str | Path) -> None:
+    """Write a (validated) config as YAML atomically, keys in the config's order."""
+    from wsikt.io import write_text
+
+    write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), path)
+
+
 def _one_line(err: jsonschema.ValidationError, source: str) -> str:
     key = _key(err.absolute_path)
     if err.validator == "required":

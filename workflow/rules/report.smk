@@ -75,3 +75,18 @@ rule report:
         benchmarks="results/benchmarks",
     script:
         "../scripts/report.py"
+
+
+# Not a target of `all`: `snakemake results/config/effective.yaml` writes the config every job runs
+# with (the user's --configfile, or the demo's, with the schema's defaults filled in).
+rule effective_config:
+    output:
+        "results/config/effective.yaml",
+    log:
+        "logs/config/effective.log",
+    conda:
+        "../envs/wsikt.yaml"
+    params:
+        config=config,
+    script:
+        "../scripts/effective_config.py"
