@@ -84,15 +84,19 @@ def test_unknown_encoder_lists_allowed(cfg):
 
 
 def test_missing_required_key(cfg):
-    del cfg["experts"]["folds"]
+    del cfg["demo"]["cancers"][0]["n_patients"]  # a demo cancer has no default size
     msg = _error(cfg)
-    assert "experts.folds" in msg
+    assert "demo.cancers.0.n_patients" in msg
 
 
-def test_missing_required_top_level_key(cfg):
+def test_keys_left_out_take_the_schemas_cropkt_defaults(cfg):
+    for key in ("folds", "epochs", "lr", "patients_per_step"):
+        del cfg["experts"][key]
     del cfg["endpoint"]
-    msg = _error(cfg)
-    assert "'endpoint'" in msg
+    out = validate_config(cfg, SCHEMA)
+    assert out["endpoint"] == "OS"
+    assert (out["experts"]["folds"], out["experts"]["epochs"], out["experts"]["lr"], out["experts"]["patients_per_step"]) \
+        == (5, 20, 1e-4, 16)
 
 
 def test_unknown_key_typo(cfg):

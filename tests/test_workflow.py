@@ -129,7 +129,7 @@ def test_workflow_files_are_snakefmt_clean():
     [
         (lambda c: c["experts"].__setitem__("epochs", "ten"), "experts.epochs"),
         (lambda c: c["features"].__setitem__("encoder", "uni_v9"), "features.encoder"),
-        (lambda c: c["experts"].pop("folds"), "experts.folds"),
+        (lambda c: c["demo"]["cancers"][0].pop("n_patients"), "demo.cancers.0.n_patients"),
         (lambda c: c["experts"].__setitem__("lerning_rate", 0.1), "lerning_rate"),
         (lambda c: c["preprocess"].__setitem__("min_tissue_fraction", 2), "preprocess.min_tissue_fraction"),
     ],
