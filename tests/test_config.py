@@ -233,3 +233,23 @@ def test_slide_path_pattern_only_when_every_row_fits():
     assert slide_path_pattern(ids, [f"/d/{s}.uuid.svs" for s in ids]) == "/d/{slide}.uuid.svs"
     assert slide_path_pattern(["a"], ["/d/{x}/a.svs"]) is None  # braces would be wildcards
     assert slide_path_pattern(["a"], ["/d/b.svs"]) is None and slide_path_pattern([], []) is None
+
+
+def test_config_readme_documents_every_key_with_its_default():
+    """config/README.md lists every schema key, with the schema's default (it must stay true to the schema)."""
+    import json
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    text = (ROOT / "config" / "README.md").read_text()
+    rows = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| `") or line.startswith("| **`")}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, sub in node.get("properties", {}).items():
+            name = prefix + key
+            assert name in rows, f"config/README.md lacks {name}"
+            if sub.get("type") == "object" and "properties" in sub:
+                walk(sub, name + ".")
+            elif "default" in sub and name != "demo.enabled":
+                assert f"`{json.dumps(sub['default'])}`" in rows[name], (name, rows[name])
+
+    walk(schema, "")
