@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -62,6 +63,11 @@ def write_cohort(root: Path, n_slides: int, lo: int, hi: int, slide_mpp: float, 
         write_patch_grid(patches, side, int(n), footprint, 0.5)
         cohort.append((sid, slide, patches))
     return cohort
+
+
+def _n_coords(patches: Path) -> int:
+    with h5py.File(patches, "r") as f:
+        return int(f["coords"].shape[0])
 
 
 def pure_embedding(model: torch.nn.Module, spec, device: torch.device, n: int, batch_size: int,
@@ -117,7 +123,7 @@ def main() -> int:
         root = Path(tmp)
         t0 = time.perf_counter()
         cohort = write_cohort(root, a.slides, a.min_patches, a.max_patches, a.slide_mpp)
-        n_patches = sum(int(__import__("h5py").File(p, "r")["coords"].shape[0]) for _, _, p in cohort)
+        n_patches = sum(_n_coords(p) for _, _, p in cohort)
         batches = plan_batches({"cohort": [sid for sid, _, _ in cohort]}, a.slides_per_job)
         by_id = {sid: (sid, s, p) for sid, s, p in cohort}
         print(f"cohort: {len(cohort)} slides, {n_patches} patches ({a.min_patches}-{a.max_patches} per slide), "
