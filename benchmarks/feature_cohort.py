@@ -39,9 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from features import random_encoder, sync, write_patch_grid, write_tiled_slide  # noqa: E402
 
-from wsikt.device import resolve_device  # noqa: E402
-from wsikt.feature_batches import plan_batches  # noqa: E402
-from wsikt.patch_embedding import AMP_DTYPES  # noqa: E402
+from wsikt.core.device import resolve_device  # noqa: E402
+from wsikt.features.batches import plan_batches  # noqa: E402
+from wsikt.features.patch_stream import AMP_DTYPES  # noqa: E402
 
 
 def write_cohort(root: Path, n_slides: int, lo: int, hi: int, slide_mpp: float, seed: int = 0) -> list[tuple[str, Path, Path]]:

@@ -2,7 +2,7 @@
 
 Prints in one run:
   (a) model only: forward passes on random tensors already on the device (the ceiling);
-  (b) end to end: tiles/s from a pyramidal tiled JPEG TIFF through ``wsikt.features.extract_features``
+  (b) end to end: tiles/s from a pyramidal tiled JPEG TIFF through ``wsikt.features.extract.extract_features``
       (DataLoader workers with their own OpenSlide handles, pinned memory, autocast, async copies, h5 write);
   (c) naive: CLAM's style, fp32, one ``read_region`` at a time in the main process, no workers;
 and the ratios (b)/(a) and (b)/(c). Weights are random unless --weights is given (speed does not
@@ -26,18 +26,18 @@ import h5py
 import numpy as np
 import torch
 
-from wsikt.device import resolve_device
-from wsikt.encoders import REGISTRY, build_encoder, get_encoder_spec, weights_hash
-from wsikt.features import extract_features
-from wsikt.patch_embedding import AMP_DTYPES, Preprocess
-from wsikt.slide import open_slide, read_region_rgb
+from wsikt.core.device import resolve_device
+from wsikt.features.encoders import REGISTRY, build_encoder, get_encoder_spec, weights_hash
+from wsikt.features.extract import extract_features
+from wsikt.features.patch_stream import AMP_DTYPES, Preprocess
+from wsikt.preprocess.slide import open_slide, read_region_rgb
 
 
 def write_tiled_slide(path: Path, side: int, mpp: float, quality: int = 80) -> None:
     """A ``side``² px pyramidal JPEG TIFF (OpenSlide-readable) tiled from a rendered synthetic H&E block."""
     import tifffile
 
-    from wsikt.demo.render import render_slide
+    from wsikt.acquire.demo_render import render_slide
 
     block = render_slide(np.random.default_rng(0), mpp, 2048 * mpp, 15.0, (228, 150, 200), 3.0, 1)
     tile = 256

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Survival-metric benchmark: wsikt.metrics against scikit-survival on one test fold, side by side.
+"""Survival-metric benchmark: wsikt.survival.metrics against scikit-survival on one test fold, side by side.
 
     python benchmarks/metrics.py                 # whas500 (n=500) and a synthetic TCGA-size cohort
     python benchmarks/metrics.py --n 2000        # synthetic cohort size
@@ -20,7 +20,7 @@ import numpy as np
 from sksurv import metrics as sk
 from sksurv.util import Surv
 
-from wsikt import metrics as M
+from wsikt.survival import metrics as M
 
 
 def best(fn, repeat: int) -> tuple[float, object]:

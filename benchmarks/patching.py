@@ -102,7 +102,7 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 import cv2
 cv2.setNumThreads(1)
-from wsikt.preprocess import PatchSettings, preprocess_slide
+from wsikt.preprocess.pipeline import PatchSettings, preprocess_slide
 t_import = time.perf_counter() - t0
 slide, out = sys.argv[1], sys.argv[2]
 settings = PatchSettings(target_mpp=0.5, patch_size=256, context_mpp=(2.0,), contour_fn="four_pt",
@@ -148,9 +148,9 @@ def clam_point_polygon_loop(tissue, candidates: list[np.ndarray], size: int) -> 
 
 def compare_patchers(slide_path: Path) -> dict:
     """Our vectorised test vs CLAM's loop on the same contours and candidate cells (four_pt)."""
-    from wsikt.patching import _rasters, contour_keeps
-    from wsikt.slide import open_slide
-    from wsikt.tissue import resolve_segmentation, segment_tissue
+    from wsikt.preprocess.grid import _rasters, contour_keeps
+    from wsikt.preprocess.slide import open_slide
+    from wsikt.preprocess.tissue import resolve_segmentation, segment_tissue
 
     slide = open_slide(slide_path)
     try:

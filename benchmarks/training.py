@@ -1,7 +1,7 @@
 """Batched expert training (one padded, masked forward per step) vs a batch-1 loop, same model, data and seed.
 
 Both run one epoch of ABMIL with dropout 0 over the same synthetic patients in the same order:
-the batched path is :func:`wsikt.experts.train_expert`; the batch-1 loop (CROPKT-style) runs one
+the batched path is :func:`wsikt.training.experts.train_expert`; the batch-1 loop (CROPKT-style) runs one
 forward/backward per patient, accumulating loss/16 gradients, and steps the same optimiser and
 schedule every ``--step`` patients. Prints both epoch losses (they must agree to 1e-5) and the
 wall-clock ratio.
@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from wsikt.experts import TrainSettings, cosine_with_warmup, new_expert, optimizer_for, step_loss, train_expert
+from wsikt.training.experts import TrainSettings, cosine_with_warmup, new_expert, optimizer_for, step_loss, train_expert
 
 
 def synthetic(n: int, lo: int, hi: int, dim: int, seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:

@@ -51,7 +51,7 @@ def fixture_slides() -> Path:
 @pytest.fixture(scope="session")
 def demo_slide_pair(tmp_path_factory) -> tuple[Path, Path]:
     """The same synthetic tissue at 0.25 µm/px (40x, Aperio SVS) and 0.5 µm/px (20x, generic TIFF)."""
-    from wsikt.demo.render import render_slide, write_pyramid_tiff
+    from wsikt.acquire.demo_render import render_slide, write_pyramid_tiff
 
     out = tmp_path_factory.mktemp("demo_pair")
     paths = []

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
 
-from wsikt.feature_batches import plan_batches
+from wsikt.features.batches import plan_batches
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gdc_server import FakeGDC  # noqa: E402
@@ -114,7 +114,7 @@ def test_tcga_dry_run_from_recorded_sheet_needs_no_network(tmp_path):
 
 def test_labels_from_an_xlsx_cdr_table(tmp_path):
     """The TCGA-CDR table ships as xlsx; it is read as such, with missing DSS reported, not guessed."""
-    from wsikt.labels import build_labels, read_clinical
+    from wsikt.cohort.labels import build_labels, read_clinical
 
     cdr = pd.DataFrame({"bcr_patient_barcode": ["TCGA-AA-0001", "TCGA-AA-0002"], "type": ["AAAA", "AAAA"],
                         "OS": [1, 0], "OS.time": [400, 1200], "DSS": [1, None], "DSS.time": [400, None]})
@@ -194,7 +194,7 @@ def _recorded_sheet(workdir: Path, path: str) -> None:
 def test_tcga_config_segments_with_clams_tcga_preset_not_the_demos_values(tmp_path):
     """`--configfile config/tcga.yaml` replaces the demo config: segmentation is CLAM's tcga preset, with
     its areas in µm² at 40x as tcga.yaml documents, and none of the demo's otsu/area overrides."""
-    from wsikt.tissue import clam_units_to_um2, resolve_segmentation
+    from wsikt.preprocess.tissue import clam_units_to_um2, resolve_segmentation
 
     workdir = copy_repo(tmp_path / "repo")
     _recorded_sheet(workdir, "resources/gdc/samples.tsv")  # the sheet the GDC query would have written

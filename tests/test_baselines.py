@@ -10,10 +10,17 @@ import pytest
 import torch
 from test_transfer import CPU, FOLDS, poison_test_labels  # the session fixture `cohort` comes from conftest.py
 
-from wsikt.aggregators import pad_bags
-from wsikt.baselines import BaselineSettings, choose_source, inner_folds, merge_experts, run_baseline_fold, source_pool
-from wsikt.embeddings import read_embeddings
-from wsikt.experts import TrainSettings, load_expert, run_expert_fold
+from wsikt.mil import pad_bags
+from wsikt.training.experts import TrainSettings, load_expert, run_expert_fold
+from wsikt.transfer.baselines import (
+    BaselineSettings,
+    choose_source,
+    inner_folds,
+    merge_experts,
+    run_baseline_fold,
+    source_pool,
+)
+from wsikt.transfer.embedding_cache import read_embeddings
 
 
 def _run(cohort, tmp_path, target, fold, settings, split=None):

@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from wsikt.features import extract_features, load_features
-from wsikt.preprocess import PatchSettings, preprocess_slide
+from wsikt.features.extract import extract_features, load_features
+from wsikt.preprocess.pipeline import PatchSettings, preprocess_slide
 
 CMU = "CMU-1-Small-Region.svs"
 SEG = dict(seg_downsample=16, use_otsu=True, otsu_min=8, area_unit="um2", a_t=20000, a_h=2000)

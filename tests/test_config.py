@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from wsikt.aggregators import MODELS
-from wsikt.config import ConfigError, validate_config, validate_samples
-from wsikt.encoders import REGISTRY
+from wsikt.config.validate import ConfigError, validate_config, validate_samples
+from wsikt.features.encoders import REGISTRY
+from wsikt.mil import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -224,7 +224,7 @@ def test_multiscale_model_accepted_when_its_levels_are_patched(cfg):
 
 
 def test_slide_path_pattern_only_when_every_row_fits():
-    from wsikt.config import slide_path_pattern
+    from wsikt.config.validate import slide_path_pattern
 
     ids = ["TCGA-A1-0001-DX1", "TCGA-A1-0002-DX1"]
     assert slide_path_pattern(ids, [f"/data/tcga/{s}.svs" for s in ids]) == "/data/tcga/{slide}.svs"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from wsikt.experts import TrainSettings, predict, train_expert
-from wsikt.features import extract_features, load_features
-from wsikt.survival import assign_bins, fit_time_bins
+from wsikt.features.extract import extract_features, load_features
+from wsikt.survival.bins import assign_bins, fit_time_bins
+from wsikt.training.experts import TrainSettings, predict, train_expert
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -6,8 +6,8 @@ import numpy as np
 import yaml
 from workflow_helpers import REPO
 
-from wsikt.demo.cohort import plan_cohort
-from wsikt.metrics import harrell_c
+from wsikt.acquire.demo_cohort import plan_cohort
+from wsikt.survival.metrics import harrell_c
 
 
 def _plan(cancers=None):
@@ -51,7 +51,7 @@ def test_plan_is_deterministic_and_mechanisms_show_in_the_sample():
 
 def test_balancing_the_noise_cancer_only_permutes_its_outcomes(monkeypatch):
     balanced = _plan()
-    import wsikt.demo.cohort as cohort
+    import wsikt.acquire.demo_cohort as cohort
 
     monkeypatch.setattr(cohort, "_decorrelate", lambda *a, **k: None)
     unbalanced = _plan()
@@ -80,7 +80,7 @@ def test_appearance_varies_between_patients_not_within_and_never_moves_the_truth
 def test_rendered_appearance_knobs_change_the_image_as_named():
     import cv2
 
-    from wsikt.demo.render import render_slide
+    from wsikt.acquire.demo_render import render_slide
 
     def draw(**kw):
         return render_slide(np.random.default_rng(3), 0.5, 400.0, 15.0, (225, 175, 206), 3.0, 1,

@@ -12,7 +12,14 @@ import re
 import pytest
 import torch
 
-from wsikt.encoders import REGISTRY, build_encoder, get_encoder_spec, hf_vit_to_timm, strip_prefixes, weights_hash
+from wsikt.features.encoders import (
+    REGISTRY,
+    build_encoder,
+    get_encoder_spec,
+    hf_vit_to_timm,
+    strip_prefixes,
+    weights_hash,
+)
 
 timm = pytest.importorskip("timm")
 

@@ -9,9 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from wsikt.aggregators import MODELS
-from wsikt.bags import PRIMARY
-from wsikt.experts import (
+from wsikt.cohort.bags import PRIMARY
+from wsikt.core.model_facts import model_scales
+from wsikt.mil import MODELS
+from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival
+from wsikt.survival.metrics import harrell_c
+from wsikt.training.experts import (
     NullGate,
     TrainSettings,
     breslow_log_cumhaz,
@@ -27,9 +30,6 @@ from wsikt.experts import (
     survival_times,
     train_expert,
 )
-from wsikt.metrics import harrell_c
-from wsikt.model_facts import model_scales
-from wsikt.survival import assign_bins, fit_time_bins, risk_from_survival
 
 CPU = torch.device("cpu")
 SINGLE_SCALE = [m for m in MODELS if model_scales(m) == (PRIMARY,)]
@@ -264,7 +264,7 @@ def test_checkpoint_from_before_the_null_gate_loads_as_a_trained_expert(tmp_path
 
 
 def test_parameter_averaging_uses_the_heads_even_of_null_experts(tmp_path):
-    from wsikt.baselines import merge_experts
+    from wsikt.transfer.baselines import merge_experts
 
     bags, time, event = planted(n=16)
     edges = fit_time_bins(time, event, "uniform", 4, 365.0)

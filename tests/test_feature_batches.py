@@ -28,10 +28,10 @@ import pytest
 import torch
 from test_features import CMU, write_patch_h5
 
-import wsikt.features as features
-from wsikt.device import gpu_lock_dir
-from wsikt.feature_batches import is_cut, plan_batches
-from wsikt.features import (
+import wsikt.features.extract as features
+from wsikt.core.device import gpu_lock_dir
+from wsikt.features.batches import is_cut, plan_batches
+from wsikt.features.extract import (
     RESUME_DIR,
     ExtractionError,
     SlideJob,
@@ -40,7 +40,7 @@ from wsikt.features import (
     journal_path,
     resume_key,
 )
-from wsikt.patch_h5 import read_patch_file
+from wsikt.formats.patches_h5 import read_patch_file
 
 TCGA = "TCGA-CR-7395-01A-01-TS1.svs"  # no mpp metadata: its patch h5 records target_mpp
 SMALL = "small.svs"  # 16 x 16 px
@@ -138,7 +138,7 @@ class _Probe:
 
 @pytest.fixture
 def probe(monkeypatch) -> _Probe:
-    """``wsikt.features.build_encoder`` wrapped: how often it is built and how many rows its model sees."""
+    """``wsikt.features.extract.build_encoder`` wrapped: how often it is built and how many rows its model sees."""
     real = features.build_encoder
     p = _Probe()
 
@@ -260,7 +260,7 @@ def test_unreadable_patch_h5_fails_only_its_slide_and_rerun_embeds_only_it(
         job.out.unlink(missing_ok=True)
     probe.reset()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="wsikt.features"):
+    with caplog.at_level(logging.INFO, logger="wsikt.features.extract"):
         counts = extract_slides(jobs, "demo", batch_size=4, **SETTINGS)
     assert counts == [31, 80, 2]
     assert probe.rows == ROWS["cmu20"]  # only the slide that failed is embedded again
@@ -290,7 +290,7 @@ def test_journal_entry_of_changed_inputs_is_not_reused(patches, tmp_path, probe,
     for job in jobs:
         job.out.unlink(missing_ok=True)
     probe.reset()
-    with caplog.at_level(logging.INFO, logger="wsikt.features"):
+    with caplog.at_level(logging.INFO, logger="wsikt.features.extract"):
         extract_slides(jobs, "demo", batch_size=4, **SETTINGS)
     assert probe.rows == 2 + ROWS["tcga"]  # both embedded: nothing taken from the journal
     assert "finished by an interrupted run" not in caplog.text
@@ -307,10 +307,10 @@ import sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-import wsikt.encoders as e
+import wsikt.features.encoders as e
 orig = e.DemoEncoder.forward
 e.DemoEncoder.forward = lambda self, x: (time.sleep(0.15), orig(self, x))[1]
-from wsikt.features import SlideJob, extract_slides
+from wsikt.features.extract import SlideJob, extract_slides
 args = sys.argv[1:]
 jobs = [SlideJob.of(*args[i:i + 3]) for i in range(0, len(args), 3)]
 extract_slides(jobs, 'demo', batch_size=4, device='cpu', num_workers=0)
@@ -348,7 +348,7 @@ def test_kill_mid_batch_then_rerun_embeds_only_unfinished_slides(
     for job in written:  # Snakemake removes the outputs of a job that did not finish
         job.out.unlink()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="wsikt.features"):
+    with caplog.at_level(logging.INFO, logger="wsikt.features.extract"):
         counts = extract_slides(jobs, "demo", batch_size=4, **SETTINGS)
     assert counts == [2, 31, 80, 80]
     unfinished = [j for j in jobs if j not in journaled]
@@ -384,7 +384,7 @@ def test_plan_batches_deterministic_and_complete():
         # A batch ends exactly after its cut slides: only its last slide may be a cut.
         assert not any(is_cut(s, 8) for s in batch[:-1])
     # The same cut points in another process (another hash seed): blake2b, not Python's hash().
-    script = ("import json, sys\nfrom wsikt.feature_batches import is_cut\n"
+    script = ("import json, sys\nfrom wsikt.features.batches import is_cut\n"
               "print(json.dumps([is_cut(s, 8) for s in sys.argv[1:]]))")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     res = subprocess.run([sys.executable, "-c", script, *SLIDES], capture_output=True, text=True, env=env, check=True)
@@ -486,7 +486,7 @@ def test_group_names_become_identifiers():
 _CLAIMER = """
 import sys
 from pathlib import Path
-from wsikt.device import claim_gpu
+from wsikt.core.device import claim_gpu
 sys.stdin.readline()  # claim when told
 print(claim_gpu(2, Path(sys.argv[1])), flush=True)
 sys.stdin.readline()  # hold until told (or stdin closes)

@@ -15,12 +15,12 @@ import openslide
 import pytest
 import torch
 
-from wsikt import encoders
-from wsikt.encoders import EncoderSpec, build_encoder, get_encoder_spec, weights_hash
-from wsikt.features import ExtractionError, extract_features, load_features
-from wsikt.patch_embedding import LOADER_CHUNK, PatchDataset, loader_chunk
-from wsikt.patch_h5 import read_patch_file
-from wsikt.slide import slide_mpp
+from wsikt.features import encoders
+from wsikt.features.encoders import EncoderSpec, build_encoder, get_encoder_spec, weights_hash
+from wsikt.features.extract import ExtractionError, extract_features, load_features
+from wsikt.features.patch_stream import LOADER_CHUNK, PatchDataset, loader_chunk
+from wsikt.formats.patches_h5 import read_patch_file
+from wsikt.preprocess.slide import slide_mpp
 
 CMU = "CMU-1-Small-Region.svs"
 
@@ -192,10 +192,10 @@ def test_kill_mid_slide_then_rerun_equals_clean_run(cmu, tmp_path):
     out.parent.mkdir()
     script = (
         "import sys, time\n"
-        "import wsikt.encoders as e\n"
+        "import wsikt.features.encoders as e\n"
         "orig = e.DemoEncoder.forward\n"
         "e.DemoEncoder.forward = lambda self, x: (time.sleep(0.1), orig(self, x))[1]\n"
-        "from wsikt.features import extract_features\n"
+        "from wsikt.features.extract import extract_features\n"
         "extract_features(sys.argv[1], sys.argv[2], sys.argv[3], 'demo', batch_size=4, device='cpu')\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(cmu["slide"]), str(cmu["multi"]), str(out)])
@@ -229,7 +229,7 @@ def test_workers_start_after_the_parent_used_opencv_threads(cmu, tmp_path):
     script = (
         "import sys, cv2, numpy as np\n"
         "cv2.GaussianBlur(np.random.rand(3000, 3000).astype(np.float32), (31, 31), 5)\n"
-        "from wsikt.features import extract_features\n"
+        "from wsikt.features.extract import extract_features\n"
         "extract_features(sys.argv[1], sys.argv[2], sys.argv[3], 'demo', batch_size=8, num_workers=2, device='cpu')\n"
     )
     out = tmp_path / "w.h5"

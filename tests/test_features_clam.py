@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from wsikt.features import extract_features
+from wsikt.features.extract import extract_features
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CLAM_H5 = SHARED / "reference/clam/CMU-1-Small-Region.bwh_biopsy.patches.h5"

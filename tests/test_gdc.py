@@ -15,7 +15,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).parent))
 from gdc_server import FakeGDC  # noqa: E402
 
-from wsikt.gdc import GDCAccessError, GDCError, download_file, query_slides, read_token, safe_file_name  # noqa: E402
+from wsikt.acquire.gdc import GDCAccessError, GDCError, download_file, query_slides, read_token, safe_file_name  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,7 +40,7 @@ def gdc(tmp_path_factory) -> FakeGDC:
     for i in range(16):
         data = rng.integers(0, 256, size=int(rng.integers(200_000, 600_000)), dtype=np.uint8).tobytes()
         srv.add_file(f"blob-{i:02d}", f"blob-{i:02d}.svs", "TCGA-DL", f"TCGA-DL-{i:04d}", data=data)
-    from wsikt.demo.render import write_pyramid_tiff
+    from wsikt.acquire.demo_render import write_pyramid_tiff
 
     yy, xx = np.mgrid[0:768, 0:768]
     rgb = np.stack([(xx // 3) % 256, (yy // 3) % 256, ((xx + yy) // 6) % 256], axis=-1).astype(np.uint8)

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wsikt.labels import build_labels, read_clinical
-from wsikt.splits import inner_folds, make_splits
-from wsikt.survival import fit_time_bins
+from wsikt.cohort.labels import build_labels, read_clinical
+from wsikt.cohort.splits import inner_folds, make_splits
+from wsikt.survival.bins import fit_time_bins
 
 # ---------------------------------------------------------------------------------------------
 # Labels

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsikt.losses import (
+from wsikt.survival.bins import risk_from_survival, survival_curve
+from wsikt.survival.losses import (
     LOSSES,
     MIN_COX_BATCH,
     check_loss_config,
@@ -17,8 +18,7 @@ from wsikt.losses import (
     log_risk_from_hazards,
     nll_loss,
 )
-from wsikt.metrics import harrell_c
-from wsikt.survival import risk_from_survival, survival_curve
+from wsikt.survival.metrics import harrell_c
 
 D = torch.float64
 

@@ -1,4 +1,4 @@
-"""wsikt.metrics against scikit-survival and lifelines on their bundled real data sets, ties included."""
+"""wsikt.survival.metrics against scikit-survival and lifelines on their bundled real data sets, ties included."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from sksurv.nonparametric import CensoringDistributionEstimator, kaplan_meier_es
 from sksurv.preprocessing import OneHotEncoder
 from sksurv.util import Surv
 
-from wsikt import metrics as M
+from wsikt.survival import metrics as M
 
 TOL = 1e-9
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from wsikt.aggregators import MODELS, build_model, pad_bags
-from wsikt.bags import PRIMARY, PatientBag, load_patient_bags
-from wsikt.experts import TrainSettings, load_expert, predict, save_expert, train_expert
-from wsikt.model_facts import model_scales
+from wsikt.cohort.bags import PRIMARY, PatientBag, load_patient_bags
+from wsikt.core.model_facts import model_scales
+from wsikt.mil import MODELS, build_model, pad_bags
+from wsikt.training.experts import TrainSettings, load_expert, predict, save_expert, train_expert
 
 CPU = torch.device("cpu")
 DIM = 6
@@ -261,9 +261,10 @@ def test_unknown_model_and_params_name_config_keys():
 
 
 def test_torch_free_model_facts_match_the_registries():
-    """wsikt.model_facts (read while the workflow parses, without torch) names what the torch registries hold."""
-    from wsikt import losses, model_facts
-    from wsikt.aggregators import REGISTRY
+    """wsikt.core.model_facts (read while the workflow parses, without torch) names what the torch registries hold."""
+    from wsikt.core import model_facts
+    from wsikt.mil import REGISTRY
+    from wsikt.survival import losses
 
     assert set(model_facts.MODEL_NAMES) == set(REGISTRY) == set(MODELS)
     assert set(model_facts.LOSS_NAMES) == set(losses.LOSSES)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wsikt.polygon import RasterPolygon, polygon_test
+from wsikt.preprocess.polygon import RasterPolygon, polygon_test
 
 
 def _random_contours(rng: np.random.Generator) -> list[np.ndarray]:

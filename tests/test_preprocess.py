@@ -13,10 +13,10 @@ import openslide
 import pytest
 import tifffile
 
-from wsikt.demo.render import render_slide, write_pyramid_tiff
-from wsikt.io import atomic_path
-from wsikt.preprocess import PatchSettings, preprocess_slide, read_status
-from wsikt.slide import MissingMppError, SlideError, open_slide, plan_read, slide_mpp
+from wsikt.acquire.demo_render import render_slide, write_pyramid_tiff
+from wsikt.core.io import atomic_path
+from wsikt.preprocess.pipeline import PatchSettings, preprocess_slide, read_status
+from wsikt.preprocess.slide import MissingMppError, SlideError, open_slide, plan_read, slide_mpp
 
 CMU = "CMU-1-Small-Region.svs"
 TCGA = "TCGA-CR-7395-01A-01-TS1.svs"
@@ -283,8 +283,8 @@ def test_cmu_20x_and_5x_patches_nest_exactly(cmu_nested, cmu_run):
     # tissue has all 16 (DSCA's 4×4 per 5x patch).
     counts = np.bincount(parent, minlength=len(coarse))
     assert counts.max() == 16 and counts.min() >= 1
-    from wsikt.patching import tissue_fraction
-    from wsikt.tissue import resolve_segmentation, segment_tissue
+    from wsikt.preprocess.grid import tissue_fraction
+    from wsikt.preprocess.tissue import resolve_segmentation, segment_tissue
 
     slide = open_slide(cmu_nested["slide"])
     try:
@@ -511,7 +511,7 @@ def test_mpp_override_rescues_the_tcga_slide_in_skip_mode(fixture_slides, tmp_pa
 def test_bad_slides_are_excluded_downstream_with_their_reason(fixture_slides, tmp_path):
     import pandas as pd
 
-    from wsikt.preprocess import usable_patients
+    from wsikt.preprocess.pipeline import usable_patients
 
     bad = _run_preprocess(fixture_slides / "unreadable.svs", tmp_path, "bad", on_error="skip")
     good = _run_preprocess(fixture_slides / CMU, tmp_path, "good", on_error="skip")

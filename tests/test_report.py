@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 from browser_check import CHROMIUM, check_in_browser
 
-from wsikt.metrics import survival_at
 from wsikt.report.build import build_report, positive_transfer
 from wsikt.report.facts import runtime_per_stage
 from wsikt.report.metrics import (
@@ -26,6 +25,7 @@ from wsikt.report.metrics import (
     read_inner_edges,
     risk_groups,
 )
+from wsikt.survival.metrics import survival_at
 
 ENC, MODEL, EP = "enc", "abmil", "OS"
 N_BINS, WIDTH = 8, 365.0

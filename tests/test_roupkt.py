@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_transfer import CPU, FOLDS, poison_test_labels  # the session fixture `cohort` comes from conftest.py
 
-from wsikt.embeddings import parse_key, stack_embeddings
-from wsikt.roupkt import (
+from wsikt.transfer.embedding_cache import parse_key, stack_embeddings
+from wsikt.transfer.roupkt import (
     ROUPKT,
     RoupktSettings,
     balance_loss,

@@ -89,7 +89,7 @@ def test_features_are_embedded_in_one_sbatch_job_per_batch(runs):
     """Each feature batch (content-defined, ~slides_per_job slides) is one SLURM job that builds the encoder once."""
     import yaml
 
-    from wsikt.feature_batches import plan_batches
+    from wsikt.features.batches import plan_batches
 
     workdir = runs["slurm"]
     sheet = pd.read_csv(workdir / "resources/demo/samples.tsv", sep="\t")

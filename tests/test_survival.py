@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from wsikt.aggregators import MODELS, PRIMARY, build_model, model_scales, pad_bags
-from wsikt.experts import TrainSettings, load_expert, predict, run_expert_fold, save_expert, train_expert
-from wsikt.losses import nll_loss
-from wsikt.metrics import harrell_c
-from wsikt.survival import assign_bins, fit_time_bins, risk_from_survival, survival_curve
+from wsikt.mil import MODELS, PRIMARY, build_model, model_scales, pad_bags
+from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival, survival_curve
+from wsikt.survival.losses import nll_loss
+from wsikt.survival.metrics import harrell_c
+from wsikt.training.experts import TrainSettings, load_expert, predict, run_expert_fold, save_expert, train_expert
 
 CPU = torch.device("cpu")
 

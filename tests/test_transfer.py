@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
-from wsikt.aggregators import pad_bags
-from wsikt.bags import load_patient_bags
-from wsikt.embeddings import cache_keys, embed_target, read_embeddings, read_risks
-from wsikt.experts import TrainSettings, load_expert, predict, run_expert_fold
-from wsikt.metrics import harrell_c
-from wsikt.splits import make_splits
-from wsikt.survival import risk_from_survival
-from wsikt.transfer import (
+from wsikt.cohort.bags import load_patient_bags
+from wsikt.cohort.splits import make_splits
+from wsikt.mil import pad_bags
+from wsikt.survival.bins import risk_from_survival
+from wsikt.survival.metrics import harrell_c
+from wsikt.training.experts import TrainSettings, load_expert, predict, run_expert_fold
+from wsikt.transfer.embedding_cache import cache_keys, embed_target, read_embeddings, read_risks
+from wsikt.transfer.matrix import (
     positive_sources,
     positive_table,
     selection_matrix,

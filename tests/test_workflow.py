@@ -12,8 +12,8 @@ import yaml
 from browser_check import CHROMIUM, check_in_browser
 from workflow_helpers import copy_repo, dry_run_with, jobs_in_dry_run, rules_in_dry_run, snakemake
 
-from wsikt.demo.cohort import plan_cohort, sample_sheet
-from wsikt.feature_batches import plan_batches
+from wsikt.acquire.demo_cohort import plan_cohort, sample_sheet
+from wsikt.features.batches import plan_batches
 
 pytestmark = pytest.mark.workflow
 
@@ -305,7 +305,7 @@ def test_bad_slides_are_recorded_and_the_rest_completes(demo_run, fixture_slides
     result = snakemake(demo_run, "results/splits/OS/SHRA.tsv", "--cores", "2", "--keep-going",
                        "--configfile", "config/config.yaml", str(cfg), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
-    from wsikt.preprocess import read_status
+    from wsikt.preprocess.pipeline import read_status
 
     status = {s: read_status(demo_run / f"results/patches/{s}.h5") for s in
               ["unreadable", "broken", "unopenable", "TCGA-CR-7395-01A-01-TS1", "TCGA-CR-7395-override"]}

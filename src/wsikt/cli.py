@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any, Callable, Sequence
 
-from wsikt.logs import log_to
+from wsikt.core.logs import log_to
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -40,8 +40,8 @@ def _optional_float(text: str) -> float | None:
 
 def preprocess_slide(a: argparse.Namespace) -> None:
     """Segment and patch one slide (a bad slide → empty outputs with its status)."""
-    from wsikt.preprocess import PatchSettings
-    from wsikt.preprocess import preprocess_slide as run
+    from wsikt.preprocess.pipeline import PatchSettings
+    from wsikt.preprocess.pipeline import preprocess_slide as run
 
     run(a.slide, a.slide_id, a.tissue, a.patches, a.qc_tissue, a.qc, PatchSettings(**a.settings),
         mpp_override=a.mpp_override, on_error=a.on_error)
@@ -60,7 +60,7 @@ def extract_features(a: argparse.Namespace) -> None:
                          "paths; give one of each per slide, in the same order")
     import torch
 
-    from wsikt.features import SlideJob, extract_slides
+    from wsikt.features.extract import SlideJob, extract_slides
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -70,7 +70,7 @@ def extract_features(a: argparse.Namespace) -> None:
 
 def ingest_features(a: argparse.Namespace) -> None:
     """One slide's features from an external CLAM/TRIDENT/.pt directory → wsikt's features h5."""
-    from wsikt.ingest import ingest_slide
+    from wsikt.features.ingest import ingest_slide
 
     ingest_slide(a.source, a.slide_id, a.out, encoder=a.encoder, mpp=a.mpp)
 
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", nargs="+", required=True, help="each slide's output features h5, in the same order")
     p.add_argument("--encoder", required=True)
     p.add_argument("--settings", type=_json_object, default={}, help="any of " + ", ".join(sorted(FEATURE_SETTINGS))
-                   + " (wsikt.features.extract_slides arguments) as a JSON object")
+                   + " (wsikt.features.extract.extract_slides arguments) as a JSON object")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(run=extract_features)
 

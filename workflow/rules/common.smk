@@ -13,8 +13,8 @@ from snakemake.logging import logger
 
 from snakemake.settings.types import DeploymentMethod
 
-from wsikt.config import read_samples, slide_path_pattern, validate_config
-from wsikt.feature_batches import plan_batches
+from wsikt.config.validate import read_samples, slide_path_pattern, validate_config
+from wsikt.features.batches import plan_batches
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
 
@@ -27,7 +27,7 @@ FOLDS = list(range(config["experts"]["folds"]))
 TRANSFER = "results/transfer/{encoder}/{model}/{endpoint}"  # transfer, roupkt and baselines rules write here
 
 if config["demo"]["enabled"]:
-    from wsikt.demo.cohort import plan_cohort, sample_sheet
+    from wsikt.acquire.demo_cohort import plan_cohort, sample_sheet
 
     DEMO = plan_cohort(
         seed=config["demo"]["seed"],

@@ -1,6 +1,6 @@
 """Snakemake adapter: index (and check) one cancer's feature files for the model-training rules."""
-from wsikt.bag_index import write_bag_index
-from wsikt.logs import log_to
+from wsikt.cohort.bag_index import write_bag_index
+from wsikt.core.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     df = write_bag_index(snakemake.input.features, snakemake.params.slides, snakemake.output[0])

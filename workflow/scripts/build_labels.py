@@ -1,9 +1,9 @@
 """Snakemake adapter: one cancer's patient labels for one endpoint, plus the excluded patients and why."""
 import pandas as pd
 
-from wsikt.io import write_tsv
-from wsikt.labels import build_labels, read_clinical
-from wsikt.logs import log_to
+from wsikt.cohort.labels import build_labels, read_clinical
+from wsikt.core.io import write_tsv
+from wsikt.core.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     p = snakemake.params

@@ -1,6 +1,6 @@
 """Snakemake adapter: render the demo cohort (slides, clinical table, sample sheet, planted truth)."""
-from wsikt.demo.cohort import plan_cohort, write_demo_cohort
-from wsikt.logs import log_to
+from wsikt.acquire.demo_cohort import plan_cohort, write_demo_cohort
+from wsikt.core.logs import log_to
 
 with log_to(snakemake.log[0]):
     demo = snakemake.params.demo

@@ -1,9 +1,9 @@
 """Snakemake adapter: download one GDC slide resumably, verify size and md5, rename atomically."""
 from tqdm import tqdm
 
-from wsikt.gdc import download_file, read_token
-from wsikt.io import write_json
-from wsikt.logs import log_to
+from wsikt.acquire.gdc import download_file, read_token
+from wsikt.core.io import write_json
+from wsikt.core.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     p, f = snakemake.params, snakemake.params.gdc_file

@@ -2,14 +2,14 @@
 import pandas as pd
 import torch
 
-from wsikt.bag_index import read_bag_index
-from wsikt.bags import load_patient_bags
-from wsikt.device import resolve_device
-from wsikt.embeddings import embed_target, expert_key_from_path
-from wsikt.experts import load_expert
-from wsikt.io import write_tsv
-from wsikt.logs import log_to
-from wsikt.transfer import training_rows, zero_shot_rows
+from wsikt.cohort.bag_index import read_bag_index
+from wsikt.cohort.bags import load_patient_bags
+from wsikt.core.device import resolve_device
+from wsikt.core.io import write_tsv
+from wsikt.core.logs import log_to
+from wsikt.training.experts import load_expert
+from wsikt.transfer.embedding_cache import embed_target, expert_key_from_path
+from wsikt.transfer.matrix import training_rows, zero_shot_rows
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsikt.gdc import summarise_downloads
-from wsikt.io import write_tsv
-from wsikt.logs import log_to
+from wsikt.acquire.gdc import summarise_downloads
+from wsikt.core.io import write_tsv
+from wsikt.core.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     sheet = pd.read_csv(snakemake.params.sheet, sep="\t", dtype=str)

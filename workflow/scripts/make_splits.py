@@ -1,10 +1,10 @@
 """Snakemake adapter: patient-level K-fold splits of one cancer (patients without patches excluded)."""
 import pandas as pd
 
-from wsikt.io import write_tsv
-from wsikt.logs import log_to
-from wsikt.preprocess import usable_patients
-from wsikt.splits import make_splits
+from wsikt.cohort.splits import make_splits
+from wsikt.core.io import write_tsv
+from wsikt.core.logs import log_to
+from wsikt.preprocess.pipeline import usable_patients
 
 with log_to(snakemake.log[0]):
     cancer, p = snakemake.wildcards.cancer, snakemake.params

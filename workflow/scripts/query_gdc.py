@@ -1,9 +1,9 @@
 """Snakemake adapter: list the configured projects' diagnostic slides on the GDC → sample sheet."""
 from pathlib import Path
 
-from wsikt.gdc import query_slides
-from wsikt.io import write_text, write_tsv
-from wsikt.logs import log_to
+from wsikt.acquire.gdc import query_slides
+from wsikt.core.io import write_text, write_tsv
+from wsikt.core.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     p = snakemake.params

@@ -1,5 +1,5 @@
 """Snakemake adapter: render the HTML report (and its figures / metrics table as files)."""
-from wsikt.logs import log_to
+from wsikt.core.logs import log_to
 from wsikt.report import build_report
 
 with log_to(snakemake.log[0]):

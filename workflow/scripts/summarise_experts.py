@@ -1,9 +1,9 @@
 """Snakemake adapter: one row per cancer with mean ± sd test C-index over folds."""
 import json
 
-from wsikt.experts import summarise_experts
-from wsikt.io import write_tsv
-from wsikt.logs import log_to
+from wsikt.core.io import write_tsv
+from wsikt.core.logs import log_to
+from wsikt.training.experts import summarise_experts
 
 with log_to(snakemake.log[0]):
     metrics = [json.loads(open(p).read()) for p in snakemake.input.metrics]

@@ -2,13 +2,13 @@
 import pandas as pd
 import torch
 
-from wsikt.bag_index import read_bag_index
-from wsikt.bags import load_patient_bags
-from wsikt.baselines import BaselineSettings, needs_bags, run_baseline_fold
-from wsikt.device import resolve_device
-from wsikt.embeddings import expert_key_from_path
-from wsikt.experts import TrainSettings, load_expert
-from wsikt.logs import log_to
+from wsikt.cohort.bag_index import read_bag_index
+from wsikt.cohort.bags import load_patient_bags
+from wsikt.core.device import resolve_device
+from wsikt.core.logs import log_to
+from wsikt.training.experts import TrainSettings, load_expert
+from wsikt.transfer.baselines import BaselineSettings, needs_bags, run_baseline_fold
+from wsikt.transfer.embedding_cache import expert_key_from_path
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)

@@ -2,12 +2,12 @@
 import pandas as pd
 import torch
 
-from wsikt.bag_index import read_bag_index
-from wsikt.bags import load_patient_bags
-from wsikt.device import resolve_device
-from wsikt.experts import NullGate, TrainSettings, run_expert_fold
-from wsikt.logs import log_to
-from wsikt.model_facts import model_scales
+from wsikt.cohort.bag_index import read_bag_index
+from wsikt.cohort.bags import load_patient_bags
+from wsikt.core.device import resolve_device
+from wsikt.core.logs import log_to
+from wsikt.core.model_facts import model_scales
+from wsikt.training.experts import NullGate, TrainSettings, run_expert_fold
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)

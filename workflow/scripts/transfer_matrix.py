@@ -1,9 +1,9 @@
 """Snakemake adapter: the zero-shot transfer matrix (test folds), its training-only twin, and positive-transfer sets."""
 import pandas as pd
 
-from wsikt.io import write_tsv
-from wsikt.logs import log_to
-from wsikt.transfer import positive_table, transfer_matrix
+from wsikt.core.io import write_tsv
+from wsikt.core.logs import log_to
+from wsikt.transfer.matrix import positive_table, transfer_matrix
 
 with log_to(snakemake.log[0]):
     thresholds = [float(t) for t in snakemake.params.thresholds]

@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from wsikt.io import atomic_path, write_text, write_tsv
-from wsikt.metrics import BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES
+from wsikt.core.io import atomic_path, write_text, write_tsv
 from wsikt.report.facts import (
     ENDPOINTS,
     STAGE_ORDER,
@@ -29,7 +28,8 @@ from wsikt.report.facts import (
 )
 from wsikt.report.figures import km_panels, transfer_heatmap
 from wsikt.report.metrics import expert_metrics, load_fold_predictions
-from wsikt.transfer import POSITIVE_THRESHOLDS, positive_table
+from wsikt.survival.metrics import BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES
+from wsikt.transfer.matrix import POSITIVE_THRESHOLDS, positive_table
 
 _EXCLUSION_COLUMNS = ["patient_id", "cancer", "reason", "stage"]
 

@@ -6,7 +6,7 @@
 * time-dependent AUC and integrated Brier score per fold, with the training fold giving the
   censoring distribution.
 
-The metrics themselves live in ``wsikt.metrics`` (equal to scikit-survival's); this module reads
+The metrics themselves live in ``wsikt.survival.metrics`` (equal to scikit-survival's); this module reads
 the per-fold prediction tables and arranges them per cancer.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsikt import metrics as M
-from wsikt.metrics import (
+from wsikt.survival import metrics as M
+from wsikt.survival.metrics import (
     BOOT_SEED,
     N_BOOT,
     BootstrapCI,
@@ -77,7 +77,7 @@ def load_fold_predictions(prediction_tsvs: list[str | Path]) -> list[FoldPredict
 # --------------------------------------------------------------------------- Harrell's C, bootstrap
 
 def harrell_c_batch(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tied_tol: float = M.TIED_TOL) -> np.ndarray:
-    """Harrell's C of each row of (B, n) arrays (wsikt.metrics.harrell_c); NaN without comparable pairs."""
+    """Harrell's C of each row of (B, n) arrays (wsikt.survival.metrics.harrell_c); NaN without comparable pairs."""
     time, event, risk = np.atleast_2d(time), np.atleast_2d(event), np.atleast_2d(risk)
     return np.array([M.harrell_c(t, e, r, tied_tol) for t, e, r in zip(time, event, risk)], dtype=float)
 

@@ -1,0 +1,1 @@
+"""Acquisition: the GDC client and the embedded demo cohort."""

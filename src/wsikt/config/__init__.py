@@ -1,0 +1,1 @@
+"""Configuration: schema validation, defaults, the sample sheet and cross-key checks."""

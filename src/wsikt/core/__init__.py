@@ -1,0 +1,1 @@
+"""Shared plumbing every stage uses: atomic writes and tables, logs, devices, magnification names, model facts."""

@@ -1,0 +1,1 @@
+"""File formats: each format has one writer and one reader here."""

@@ -1,0 +1,56 @@
+"""ABMIL (CROPKT's expert) and mean/max pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wsikt.mil.base import Aggregator, Batch, GatedAttention, masked_softmax, project, unpack
+
+
+class ABMIL(Aggregator):
+    """CROPKT's expert: Linear(D→512)+ReLU → gated attention (384, dropout 0.25) → Linear(512→T)."""
+
+    def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, attn_hidden: int = 384, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.attention = GatedAttention(hidden, attn_hidden, dropout)
+        self.classifier = nn.Linear(hidden, n_bins)
+
+    def embed(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bag embedding (B, 512) and attention (B, N), zero on padding, from padded (B, N, D) features."""
+        return self.embed_rows(x[mask], mask)
+
+    def embed_rows(self, rows: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same from packed rows (M, D): every per-instance op runs on the M valid rows only."""
+        h = self.fc(rows)
+        a = masked_softmax(unpack(self.attention.scores(h), mask).squeeze(-1), mask, dim=1)
+        bag = mask.nonzero()[:, 0]
+        emb = h.new_zeros((mask.shape[0], h.shape[-1])).index_add(0, bag, a[mask].unsqueeze(-1) * h)
+        return emb, a
+
+    def run(self, batch: Batch) -> dict[str, torch.Tensor]:
+        emb, a = self.embed_rows(batch["rows0"], batch["mask0"])
+        return {"logits": self.classifier(emb), "embedding": emb, "attention": a}
+
+
+class PoolMIL(Aggregator):
+    """Linear(D→512)+ReLU, then mean or max pooling over valid instances, then Linear(512→T)."""
+
+    def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, dropout: float = 0.25, pool: str = "mean") -> None:
+        super().__init__()
+        if pool not in ("mean", "max"):
+            raise ValueError(f"pool '{pool}' must be 'mean' or 'max'")
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.classifier = nn.Linear(hidden, n_bins)
+        self.pool = pool
+
+    def run(self, batch: Batch) -> dict[str, torch.Tensor]:
+        mask = batch["mask0"]
+        h = project(self.fc, batch)
+        m = mask.unsqueeze(-1)
+        if self.pool == "mean":
+            emb = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        else:
+            emb = h.masked_fill(~m, float("-inf")).max(1).values
+        return {"logits": self.classifier(emb), "embedding": emb}

@@ -1,0 +1,1 @@
+"""Preprocessing: open a slide, segment tissue, lay the aligned multi-magnification patch grid, QC images."""

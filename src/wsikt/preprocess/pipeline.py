@@ -1,0 +1,292 @@
+"""Per-slide preprocessing: resolve mpp, segment tissue, aligned multi-level patches, QC images, status.
+
+A slide that cannot be used (unopenable, unreadable tiles, no mpp, no tissue) still gets valid,
+empty outputs carrying a status and a one-line reason, so the rest of the cohort goes on and later
+stages exclude the slide with the reason recorded (``on_error='fail'`` raises instead).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import openslide
+
+from wsikt.core.io import atomic_path
+from wsikt.preprocess.grid import (
+    CONTOUR_FNS,
+    Level,
+    clam_grid,
+    global_grid,
+    mag_name,
+    nest_levels,
+    qc_grid_image,
+    qc_tissue_image,
+)
+from wsikt.preprocess.slide import ReadPlan, SlideError, open_slide, plan_read, slide_mpp
+from wsikt.preprocess.tissue import (
+    TissueMask,
+    empty_geojson,
+    read_level_rgb,
+    resolve_segmentation,
+    segment_tissue,
+    tissue_geojson,
+    write_geojson,
+)
+
+log = logging.getLogger("wsikt.preprocess.pipeline")
+
+STATUS_OK, STATUS_NO_TISSUE, STATUS_FAILED = "ok", "no_tissue", "failed"
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """Patching settings (config keys preprocess.*)."""
+
+    target_mpp: float = 0.5
+    patch_size: int = 256
+    mpp_tolerance: float = 0.1
+    context_mpp: tuple[float, ...] = ()
+    contour_fn: str = "four_pt"
+    min_tissue_fraction: float = 0.0
+    grid: str = "global"  # 'global' (anchored at (0, 0), nests) or 'clam' (per-contour bounding box)
+    segmentation: dict = field(default_factory=dict)
+    qc_max_side: int = 1024
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context_mpp", tuple(float(m) for m in self.context_mpp))  # JSON gives a list
+        if self.contour_fn not in CONTOUR_FNS:
+            raise ValueError(f"preprocess.contour_fn '{self.contour_fn}' must be one of {', '.join(CONTOUR_FNS)}")
+        if self.grid not in ("global", "clam"):
+            raise ValueError(f"preprocess.grid '{self.grid}' must be 'global' or 'clam'")
+        if self.grid == "clam" and self.context_mpp:
+            raise ValueError("preprocess.grid 'clam' starts a grid per contour, so levels cannot nest: "
+                             "use grid 'global' with preprocess.context_mpp")
+
+
+@dataclass
+class SlideResult:
+    """What preprocessing did to one slide (written as h5 root attrs and GeoJSON properties)."""
+
+    slide_id: str
+    status: str
+    reason: str = ""
+    n_patches: int = 0
+    mpp: float = float("nan")
+
+    def attrs(self) -> dict:
+        return {"slide_id": self.slide_id, "status": self.status, "reason": self.reason,
+                "n_patches": self.n_patches, "mpp": self.mpp}
+
+
+def preprocess_slide(
+    slide_path: str | Path,
+    slide_id: str,
+    out_geojson: str | Path,
+    out_patches: str | Path,
+    out_qc_tissue: str | Path,
+    out_qc_patches: str | Path,
+    settings: PatchSettings,
+    mpp_override: float | None = None,
+    on_error: str = "skip",
+) -> SlideResult:
+    """Segment and patch one slide. Bad input → status 'failed' with empty outputs (or raise when
+    ``on_error='fail'``); no tissue → status 'no_tissue' with empty outputs."""
+    outs = (out_geojson, out_patches, out_qc_tissue, out_qc_patches)
+    try:
+        slide = open_slide(slide_path)
+        try:
+            return _preprocess_open(slide, slide_path, slide_id, outs, settings, mpp_override)
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"{slide_path}: OpenSlide failed to read tiles ({exc}); the file may be corrupt — re-download it or remove it from the sample sheet") from exc
+        finally:
+            slide.close()
+    except SlideError as exc:
+        if on_error == "fail":
+            raise
+        log.error("%s", exc)
+        result = SlideResult(slide_id, STATUS_FAILED, str(exc))
+        _write_empty(outs, result, settings)
+        return result
+
+
+def _preprocess_open(slide: openslide.OpenSlide, slide_path, slide_id: str, outs, settings: PatchSettings, mpp_override) -> SlideResult:
+    """preprocess_slide's body on an open handle; the caller turns OpenSlide errors into SlideError."""
+    out_geojson, out_patches, out_qc_tissue, out_qc_patches = outs
+    mpp0 = slide_mpp(slide, mpp_override, name=f"{slide_id} ({slide_path})")
+    seg = resolve_segmentation(settings.segmentation)
+    plan = plan_read(slide.level_downsamples, mpp0, settings.target_mpp, settings.patch_size, settings.mpp_tolerance)
+    tissue = segment_tissue(slide, mpp0, seg)
+    if settings.grid == "clam":
+        fine = clam_grid(tissue, plan.footprint, settings.contour_fn)
+    else:
+        fine = global_grid(tissue, slide.dimensions, plan.footprint, settings.contour_fn, settings.min_tissue_fraction)
+    levels = nest_levels(fine, settings.target_mpp, plan.footprint, list(settings.context_mpp))
+    plans = [plan] + [
+        plan_read(slide.level_downsamples, mpp0, lv.mpp, settings.patch_size, settings.mpp_tolerance, footprint=lv.footprint)
+        for lv in levels[1:]
+    ]
+    status = STATUS_OK if len(fine) else STATUS_NO_TISSUE
+    reason = "" if len(fine) else f"no tissue patches ({len(tissue.contours)} tissue pieces kept by segmentation)"
+    result = SlideResult(slide_id, status, reason, len(fine), mpp0)
+    log.info(
+        "%s: mpp %.4f, seg level %d, %d tissue pieces; %s",
+        slide_id, mpp0, tissue.level, len(tissue.contours),
+        ", ".join(f"{lv.name}: {len(lv.coords)} patches ({p.read_size} px at level {p.level}{', resized' if p.resized else ''})" for lv, p in zip(levels, plans)),
+    )
+    if status != STATUS_OK:
+        log.warning("%s: %s", slide_id, reason)
+    write_geojson(tissue_geojson(tissue, result.attrs()), out_geojson)
+    write_patches_h5(out_patches, levels, plans, slide_id, slide, mpp0, result)
+    thumb, tds = _thumbnail(slide, tissue, settings.qc_max_side)
+    tissue_png = qc_tissue_image(thumb, tissue, tds)
+    write_png(tissue_png, out_qc_tissue)
+    write_png(qc_grid_image(tissue_png, levels, tds), out_qc_patches)
+    return result
+
+
+def _thumbnail(slide: openslide.OpenSlide, tissue: TissueMask, max_side: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """The segmentation level, shrunk to at most ``max_side``, and its level-0 downsample."""
+    thumb = read_level_rgb(slide, tissue.level)
+    h, w = thumb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        thumb = cv2.resize(thumb, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+    return thumb, (slide.dimensions[0] / thumb.shape[1], slide.dimensions[1] / thumb.shape[0])
+
+
+def level_attrs(plan: ReadPlan, slide_name: str, level0_size, level_dims, mpp0: float, target_mpp: float) -> dict:
+    """CLAM's and TRIDENT's coords attrs, plus how wsikt reaches the target mpp."""
+    lw, lh = level_dims[plan.level]
+    return {
+        # CLAM: patch_size pixels are read at patch_level (its meaning; equals the target size
+        # whenever a native level is read). TRIDENT readers use patch_size_level0.
+        "patch_level": plan.level,
+        "patch_size": plan.read_size,
+        "downsample": np.array([level0_size[0] / lw, level0_size[1] / lh], dtype=np.float64),
+        "level_dim": np.array([lw, lh], dtype=np.int64),
+        "downsampled_level_dim": np.array([lw, lh], dtype=np.int64),
+        "name": slide_name,
+        # TRIDENT
+        "patch_size_level0": plan.footprint,
+        "level0_magnification": 10.0 / mpp0,
+        "target_magnification": 10.0 / target_mpp,
+        "overlap": 0,
+        "level0_width": int(level0_size[0]),
+        "level0_height": int(level0_size[1]),
+        # wsikt
+        "mpp": float(mpp0),
+        "target_mpp": float(target_mpp),
+        "read_level": plan.level,
+        "read_size": plan.read_size,
+        "target_patch_size": plan.patch_size,
+        "level_mpp": float(plan.level_mpp),
+        "patch_mpp": float(plan.patch_mpp),
+        "resized": bool(plan.resized),
+    }
+
+
+def write_patches_h5(path, levels: list[Level], plans: list[ReadPlan], slide_name: str, slide: openslide.OpenSlide, mpp0: float, result: SlideResult) -> None:
+    """Top-level ``coords`` = finest level (CLAM/TRIDENT readers), every level under ``mags/<name>``
+    with ``parent_<coarser>`` indices; root attrs carry the magnifications and the slide's status."""
+    dims = [tuple(d) for d in slide.level_dimensions]
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for i, (lv, plan) in enumerate(zip(levels, plans)):
+                attrs = level_attrs(plan, slide_name, slide.dimensions, dims, mpp0, lv.mpp)
+                group = f.create_group(f"mags/{lv.name}")
+                dsets = [group.create_dataset("coords", data=lv.coords.astype(np.int64))]
+                if i == 0:
+                    dsets.append(f.create_dataset("coords", data=lv.coords.astype(np.int64)))
+                for d in dsets:
+                    d.attrs.update(attrs)
+                for coarse, parent in lv.parents.items():
+                    group.create_dataset(f"parent_{coarse}", data=parent)
+            f.attrs["magnifications"] = [lv.name for lv in levels]
+            f.attrs["primary"] = levels[0].name
+            f.attrs.update(result.attrs())
+
+
+def _write_empty(outs, result: SlideResult, settings: PatchSettings) -> None:
+    """Valid outputs for a slide that yields no patches: empty coords (attrs enough for feature
+    extraction to write an empty features file), empty GeoJSON, QC images stating the reason."""
+    out_geojson, out_patches, out_qc_tissue, out_qc_patches = outs
+    write_geojson(empty_geojson(result.attrs()), out_geojson)
+    names = [mag_name(m) for m in (settings.target_mpp, *sorted(settings.context_mpp))]
+    with atomic_path(out_patches) as tmp:
+        with h5py.File(tmp, "w") as f:
+            attrs = {"patch_level": 0, "patch_size": settings.patch_size, "read_level": 0,
+                     "read_size": settings.patch_size, "target_patch_size": settings.patch_size,
+                     "target_mpp": settings.target_mpp, "name": result.slide_id}
+            f.create_dataset("coords", data=np.zeros((0, 2), np.int64)).attrs.update(attrs)
+            for i, (name, mpp) in enumerate(zip(names, (settings.target_mpp, *sorted(settings.context_mpp)))):
+                g = f.create_group(f"mags/{name}")
+                g.create_dataset("coords", data=np.zeros((0, 2), np.int64)).attrs.update({**attrs, "target_mpp": mpp})
+                for coarse in names[i + 1:]:
+                    g.create_dataset(f"parent_{coarse}", data=np.zeros(0, np.int64))
+            f.attrs["magnifications"] = names
+            f.attrs["primary"] = names[0]
+            f.attrs.update(result.attrs())
+    card = _status_card(result)
+    write_png(card, out_qc_tissue)
+    write_png(card, out_qc_patches)
+
+
+def _status_card(result: SlideResult) -> np.ndarray:
+    """A small white image with the slide id, its status and the reason (wrapped)."""
+    img = np.full((200, 640, 3), 255, np.uint8)
+    lines = [f"{result.slide_id}: {result.status}"]
+    words, line = result.reason.split(), ""
+    for word in words:
+        if len(line) + len(word) > 70:
+            lines.append(line)
+            line = ""
+        line += word + " "
+    lines.append(line)
+    for i, text in enumerate(lines[:8]):
+        cv2.putText(img, text, (10, 25 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 160) if i == 0 else (40, 40, 40), 1, cv2.LINE_AA)
+    return img
+
+
+def write_png(rgb: np.ndarray, path: str | Path) -> None:
+    """Write an RGB image as PNG atomically."""
+    with atomic_path(path, suffix=".partial.png") as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{path}: could not write PNG")
+
+
+def read_status(patches_h5: str | Path) -> SlideResult:
+    """A slide's preprocessing status from its patch h5 (files from before statuses count as ok)."""
+    with h5py.File(patches_h5, "r") as f:
+        a = f.attrs
+        n = int(f["coords"].shape[0])
+        return SlideResult(
+            str(a.get("slide_id", Path(patches_h5).stem)), str(a.get("status", STATUS_OK if n else STATUS_NO_TISSUE)),
+            str(a.get("reason", "")), n, float(a.get("mpp", float("nan"))),
+        )
+
+
+def usable_patients(slides, patch_path: dict[str, str | Path]):
+    """Patients with ≥1 patch over their slides, and an exclusion table (patient_id, cancer, reason)
+    naming each unusable slide's status and reason; slides without patches are logged and skipped."""
+    import pandas as pd
+
+    counts: dict[str, int] = {}
+    reasons: dict[str, list[str]] = {}
+    for row in slides.itertuples():
+        status = read_status(patch_path[row.slide_id])
+        counts[row.patient_id] = counts.get(row.patient_id, 0) + status.n_patches
+        if status.n_patches == 0:
+            why = f"{row.slide_id}: {status.status}" + (f" ({status.reason})" if status.reason else "")
+            reasons.setdefault(row.patient_id, []).append(why)
+            log.warning("slide %s skipped: %s", row.slide_id, why)
+    keep = {p for p, n in counts.items() if n > 0}
+    rows = [
+        {"patient_id": p, "cancer": c, "reason": "no usable slide: " + "; ".join(reasons.get(p, ["no tissue patches"]))}
+        for p, c in slides[["patient_id", "cancer"]].drop_duplicates().itertuples(index=False) if p not in keep
+    ]
+    return keep, pd.DataFrame(rows, columns=["patient_id", "cancer", "reason"])

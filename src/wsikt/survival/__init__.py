@@ -1,0 +1,1 @@
+"""Survival maths: time bins, losses and metrics (numpy; torch only in losses and bins)."""

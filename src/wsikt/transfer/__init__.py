@@ -1,0 +1,1 @@
+"""Cross-cancer transfer: the embedding cache, the transfer matrix, ROUPKT and the baselines."""

@@ -1,0 +1,249 @@
+"""ROUPKT: route a target patient to the top-k frozen experts' cached embeddings, adapt, mix, predict.
+
+Router = ABMIL over the target patient's patch features → Linear(512→E, no bias) → softmax →
+top-k (weights NOT renormalised). Each expert's cached 512-d embedding passes its own adapter
+Linear(512→512)+ReLU; the top-k adapted embeddings are summed with their router probabilities
+and a new head Linear(512→T) gives hazards. Loss = NLL(α) + w_b·balance + w_z·z-loss. Trained:
+router, adapters, head; the experts are frozen (only their cached embeddings are used).
+
+Experts (E): the target's own fold-matched expert ("self", trained on this outer fold's training
+patients only) plus the other sources' experts. Other cancers' experts never saw a target patient,
+so any of their folds is leak-free; ``source_folds='matched'`` (default) takes fold k of each
+source for outer fold k (one network per source, E = sources + 1), ``'all'`` takes every fold of
+every source as its own expert. ``expert_set='positive'`` keeps only sources whose zero-shot C on
+this fold's TRAINING patients is above ``threshold`` (never the test fold).
+
+Caveat (as in CROPKT): the self expert was trained on this fold's training patients, so its cached
+embeddings of those patients are in-sample and look more informative in training than on the
+test fold; the router may over-weight it. Its test-fold embeddings are out-of-sample.
+
+Balance loss: ``'switch'`` (default) is the Switch-Transformer load balance E·Σ_e f_e·P_e, with f_e
+the share of patients whose top-1 expert is e (not differentiable) and P_e the mean router
+probability (differentiable); it is 1 when routing is uniform. ``'top1'`` is the mean top-1
+probability (discourages confident routing, not imbalance). z-loss = mean logsumexp(logits)².
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from wsikt.core.io import atomic_path, write_tsv
+from wsikt.mil import ABMIL, pad_bags
+from wsikt.survival.bins import assign_bins, fit_time_bins, survival_curve
+from wsikt.training.experts import TrainSettings
+from wsikt.transfer.embedding_cache import ExpertKey, cache_keys, key_name, stack_embeddings
+from wsikt.transfer.matrix import fit_survival, positive_sources, selection_matrix, write_fold_outputs
+
+log = logging.getLogger("wsikt.transfer.roupkt")
+
+
+@dataclass(frozen=True)
+class RoupktSettings:
+    """ROUPKT settings (config key roupkt.*); optimiser, epochs and bins come from TrainSettings (experts.*)."""
+
+    topk: int = 5
+    expert_set: str = "all"  # 'all' or 'positive' (training-only zero-shot C > threshold)
+    threshold: float = 0.6
+    source_folds: str = "matched"  # 'matched' (fold k of each source) or 'all' (every fold an expert)
+    balance: str = "switch"  # 'switch': E·Σ f_e·P_e (f_e = top-1 share); 'top1': mean top-1 probability
+    balance_weight: float = 0.01
+    z_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise ValueError(f"roupkt.topk must be ≥ 1, got {self.topk}")
+        for key, value, allowed in (("expert_set", self.expert_set, ("all", "positive")),
+                                    ("source_folds", self.source_folds, ("matched", "all")),
+                                    ("balance", self.balance, ("switch", "top1"))):
+            if value not in allowed:
+                raise ValueError(f"roupkt.{key} '{value}' must be one of {', '.join(allowed)}")
+
+
+def primary(bag) -> np.ndarray:
+    """The (N, D) float32 primary-magnification features of a bag (array or multi-scale PatientBag)."""
+    return np.asarray(bag, dtype=np.float32)
+
+
+def route(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """Softmax over experts, keep the top-k probabilities as weights (not renormalised), zero the rest."""
+    probs = torch.softmax(logits, dim=-1)
+    weights, idx = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return {"probs": probs, "topk_idx": idx, "topk_weight": weights, "dense": torch.zeros_like(probs).scatter(-1, idx, weights)}
+
+
+def balance_loss(probs: torch.Tensor, kind: str = "switch") -> torch.Tensor:
+    """Load balance: Switch-style E·Σ_e f_e·P_e (f_e share of top-1 picks, P_e mean probability), or mean top-1 probability."""
+    if kind == "top1":
+        return probs.max(dim=-1).values.mean()
+    n_experts = probs.shape[-1]
+    share = torch.nn.functional.one_hot(probs.argmax(-1), n_experts).float().mean(0)
+    return n_experts * (share * probs.mean(0)).sum()
+
+
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Router z-loss: mean squared logsumexp of the router logits (keeps logits small)."""
+    return torch.logsumexp(logits, dim=-1).pow(2).mean()
+
+
+class Router(nn.Module):
+    """ABMIL over the patient's (normalised) patch features → Linear(512→E, no bias) logits."""
+
+    def __init__(self, in_dim: int, n_experts: int, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.abmil = ABMIL(in_dim, 1, dropout=dropout)  # its 1-bin classifier is unused
+        self.gate = nn.Linear(512, n_experts, bias=False)
+        self.register_buffer("feature_mean", torch.zeros(in_dim))
+        self.register_buffer("feature_std", torch.ones(in_dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = ((x - self.feature_mean) / self.feature_std).masked_fill(~mask.unsqueeze(-1), 0.0)
+        h, _ = self.abmil.embed(x, mask)
+        return self.gate(h)
+
+
+class ROUPKT(nn.Module):
+    """Router + per-expert adapters + new survival head over cached expert embeddings (B, E, 512)."""
+
+    def __init__(self, in_dim: int, n_experts: int, n_bins: int, topk: int = 5, emb_dim: int = 512, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.topk = topk
+        self.router = Router(in_dim, n_experts, dropout)
+        self.adapters = nn.ModuleList(nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.ReLU()) for _ in range(n_experts))
+        self.head = nn.Linear(emb_dim, n_bins)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.router(x, mask)
+        r = route(logits, self.topk)
+        adapted = torch.stack([a(emb[:, e]) for e, a in enumerate(self.adapters)], dim=1)  # (B, E, 512)
+        mixed = (r["dense"].unsqueeze(-1) * adapted).sum(1)
+        return {"logits": self.head(mixed), "embedding": mixed, "router_logits": logits, **r}
+
+
+def roupkt_experts(cache_h5: str | Path, split: pd.DataFrame, target: str, fold: int, settings: RoupktSettings) -> list[ExpertKey]:
+    """The E experts of outer fold ``fold``: self (target, fold) first, then the chosen other sources' experts."""
+    keys = cache_keys(cache_h5)
+    if (target, fold) not in keys:
+        raise KeyError(f"the embedding cache {cache_h5} lacks the self expert {target}/fold{fold}; rerun the transfer embedding job")
+    sources = sorted({s for s, _ in keys if s != target})
+    if settings.expert_set == "positive":
+        sources = sorted(positive_sources(selection_matrix(cache_h5, split, target, fold), target, settings.threshold))
+    if settings.source_folds == "matched":
+        missing = [s for s in sources if (s, fold) not in keys]
+        if missing:
+            raise KeyError(f"sources {missing} have no fold-{fold} expert in {cache_h5}; use roupkt.source_folds: all")
+        others = [(s, fold) for s in sources]
+    else:
+        others = [k for k in keys if k[0] in sources]
+    return [(target, fold), *others]
+
+
+def train_roupkt(
+    bags: list[np.ndarray], emb: np.ndarray, bins: np.ndarray, events: np.ndarray, n_bins: int,
+    train: TrainSettings, settings: RoupktSettings, device: torch.device,
+) -> tuple[ROUPKT, list[float]]:
+    """Fit router, adapters and head on the training patients (bags aligned with ``emb`` (N, E, 512)).
+
+    The router reads each bag's primary-magnification features; the loss is always the
+    discrete-time NLL (experts.alpha), whatever loss the experts were trained with.
+    """
+    bags = [primary(b) for b in bags]
+    torch.manual_seed(train.seed)
+    model = ROUPKT(bags[0].shape[1], emb.shape[1], n_bins, settings.topk, emb.shape[2], train.dropout).to(device)
+    if train.feature_norm == "standardize":
+        patches = torch.from_numpy(np.concatenate(bags)).double()
+        model.router.feature_mean.copy_(patches.mean(0).float())
+        model.router.feature_std.copy_(patches.std(0).float().clamp(min=1e-6))
+    elif train.feature_norm != "none":
+        raise ValueError(f"experts.feature_norm '{train.feature_norm}' must be 'none' or 'standardize'")
+    tensors = [torch.from_numpy(b) for b in bags]  # bags stay on the host; each step's batch moves once
+    emb_t = torch.from_numpy(emb)
+
+    def forward(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x, mask = pad_bags([tensors[i] for i in idx])
+        out = model(x.to(device), mask.to(device), emb_t[idx].to(device))
+        aux = settings.balance_weight * balance_loss(out["probs"], settings.balance) + settings.z_weight * z_loss(out["router_logits"])
+        return out["logits"], aux
+
+    return model, fit_survival(model, forward, len(bags), bins, events, train, device)
+
+
+@torch.inference_mode()
+def predict_roupkt(model: ROUPKT, bags: list[np.ndarray], emb: np.ndarray, device: torch.device, batch: int = 16) -> dict[str, np.ndarray]:
+    """Survival curves (N, T), router probabilities (N, E), top-k expert indices and weights (N, k), eval mode."""
+    model.eval()
+    bags = [primary(b) for b in bags]
+    parts: dict[str, list] = {"surv": [], "probs": [], "topk_idx": [], "topk_weight": []}
+    for start in range(0, len(bags), batch):
+        x, mask = pad_bags([torch.from_numpy(b) for b in bags[start:start + batch]])
+        out = model(x.to(device), mask.to(device), torch.from_numpy(emb[start:start + batch]).to(device))
+        parts["surv"].append(survival_curve(torch.sigmoid(out["logits"])).cpu().numpy())
+        for k in ("probs", "topk_idx", "topk_weight"):
+            parts[k].append(out[k].cpu().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def router_table(split: pd.DataFrame, fold: int, names: list[str], pred: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per patient: the top-k experts and their weights by rank, then every expert's router probability."""
+    train = (split["fold"] != fold).to_numpy()
+    df = pd.DataFrame({"patient_id": split["patient_id"].to_numpy(), "fold": fold, "split": np.where(train, "train", "test")})
+    for r in range(pred["topk_idx"].shape[1]):
+        df[f"expert_{r + 1}"] = [names[i] for i in pred["topk_idx"][:, r]]
+        df[f"weight_{r + 1}"] = pred["topk_weight"][:, r]
+    for e, name in enumerate(names):
+        df[f"p_{name}"] = pred["probs"][:, e]
+    return df
+
+
+def run_roupkt_fold(
+    split: pd.DataFrame, bags: list[np.ndarray], cache_h5: str | Path, target: str, fold: int,
+    train: TrainSettings, settings: RoupktSettings, out_model: str | Path, out_predictions: str | Path,
+    out_router: str | Path, out_metrics: str | Path, device: torch.device,
+) -> dict:
+    """Train ROUPKT on one outer fold's training patients of ``target``; predict all; write the four outputs.
+
+    ``split`` rows align with ``bags``; time bins are fit on the training patients only, exactly as
+    for the experts.
+    """
+    keys = roupkt_experts(cache_h5, split, target, fold, settings)
+    names = [key_name(k) for k in keys]
+    emb = stack_embeddings(cache_h5, keys, list(split["patient_id"].astype(str)))
+    is_train = (split["fold"] != fold).to_numpy()
+    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
+    edges = fit_time_bins(times[is_train], events[is_train], train.bins_kind, train.n_bins, train.bin_width_days)
+    bins = assign_bins(times, edges)
+    idx = np.flatnonzero(is_train)
+    model, history = train_roupkt([bags[i] for i in idx], emb[idx], bins[idx], events[idx], len(edges) + 1, train, settings, device)
+    pred = predict_roupkt(model, bags, emb, device)
+    routes = router_table(split, fold, names, pred)
+    test = routes["split"] == "test"
+    usage = {n: {"mean_weight_test": float(np.where(pred["topk_idx"][test.to_numpy()] == e, pred["topk_weight"][test.to_numpy()], 0).sum(1).mean()),
+                 "top1_share_test": float((routes.loc[test, "expert_1"] == n).mean())} for e, n in enumerate(names)}
+    with atomic_path(out_model) as tmp:
+        torch.save({"state_dict": model.state_dict(), "experts": names, "in_dim": primary(bags[0]).shape[1], "n_bins": len(edges) + 1,
+                    "inner_edges": edges.tolist(), "settings": asdict(settings), "train_settings": asdict(train)}, tmp)
+    write_tsv(routes, out_router)
+    metrics = write_fold_outputs(
+        split, fold, pred["surv"], {"model": "roupkt", "target": target, "experts": names, "self_expert": names[0],
+                                    "topk_effective": int(pred["topk_idx"].shape[1]), "router_usage": usage,
+                                    "loss_per_epoch": history, "settings": asdict(settings)},
+        train, out_predictions, out_metrics,
+    )
+    log.info("ROUPKT %s fold %d (%d experts): C test %.3f", target, fold, len(names), metrics["c_index_test"])
+    return metrics
+
+
+def load_roupkt(path: str | Path, device: torch.device) -> tuple[ROUPKT, list[str]]:
+    """Rebuild a saved ROUPKT model (eval mode) and the names of its E experts, in router order."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    state = ckpt["state_dict"]
+    model = ROUPKT(ckpt["in_dim"], len(ckpt["experts"]), ckpt["n_bins"], ckpt["settings"]["topk"],
+                   int(state["head.weight"].shape[1]), ckpt["train_settings"]["dropout"])
+    model.load_state_dict(state)
+    return model.to(device).eval(), list(ckpt["experts"])
