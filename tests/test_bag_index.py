@@ -11,7 +11,8 @@ import pytest
 
 from wsikt.cohort.bag_index import build_bag_index, read_bag_index, write_bag_index
 from wsikt.cohort.bags import load_patient_bags
-from wsikt.features.extract import extract_features, load_features
+from wsikt.features.extract import extract_features
+from wsikt.formats.features_h5 import load_features
 from wsikt.preprocess.pipeline import PatchSettings, preprocess_slide
 
 CMU = "CMU-1-Small-Region.svs"

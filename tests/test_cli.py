@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from wsikt.features.extract import extract_features, load_features
+from wsikt.features.extract import extract_features
+from wsikt.formats.features_h5 import load_features
 from wsikt.preprocess.pipeline import PatchSettings, preprocess_slide
 
 CMU = "CMU-1-Small-Region.svs"

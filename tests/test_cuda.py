@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsikt.features.extract import extract_features, load_features
+from wsikt.features.extract import extract_features
+from wsikt.formats.features_h5 import load_features
 from wsikt.survival.bins import assign_bins, fit_time_bins
 from wsikt.training.experts import TrainSettings, predict, train_expert
 

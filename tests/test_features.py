@@ -17,8 +17,9 @@ import torch
 
 from wsikt.features import encoders
 from wsikt.features.encoders import EncoderSpec, build_encoder, get_encoder_spec, weights_hash
-from wsikt.features.extract import ExtractionError, extract_features, load_features
+from wsikt.features.extract import ExtractionError, extract_features
 from wsikt.features.patch_stream import LOADER_CHUNK, PatchDataset, loader_chunk
+from wsikt.formats.features_h5 import load_features
 from wsikt.formats.patches_h5 import read_patch_file
 from wsikt.preprocess.slide import slide_mpp
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsikt.features.extract import load_features
 from wsikt.features.ingest import detect_layout, ingest_features, ingest_slide, list_slides, write_clam_layout
+from wsikt.formats.features_h5 import load_features
 
 
 def _our_features(path: Path, n: int, dim: int, seed: int) -> Path:

@@ -12,6 +12,8 @@ import torch
 
 from wsikt.cohort.bags import PRIMARY, PatientBag, load_patient_bags
 from wsikt.core.model_facts import model_scales
+from wsikt.formats.features_h5 import write_features
+from wsikt.formats.patches_h5 import PatchLevel
 from wsikt.mil import MODELS, build_model, pad_bags
 from wsikt.training.experts import TrainSettings, load_expert, predict, save_expert, train_expert
 
@@ -143,13 +145,10 @@ def test_missing_magnification_names_the_file_and_the_config_key(tmp_path):
         load_patient_bags(["p"], slides, {"s": path}, scales=model_scales("dsca"))
 
 
-def test_old_file_without_mags_is_one_level(tmp_path):
-    path = tmp_path / "old.h5"
+def test_single_magnification_file_is_one_level(tmp_path):
+    path = tmp_path / "one.h5"
     feats = np.random.default_rng(0).normal(size=(7, DIM)).astype(np.float32)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("features", data=feats)
-        f.create_dataset("coords", data=np.zeros((7, 2), np.int64))
-        f.attrs["mpp"] = 0.5
+    write_features(path, PatchLevel("20x", np.zeros((7, 2), np.int64), {}), feats, {"encoder": "x"}, 0.5)
     slides = pd.DataFrame({"slide_id": ["s"], "patient_id": ["p"]})
     (bag,) = load_patient_bags(["p"], slides, {"s": path}, scales=("20x",))
     np.testing.assert_array_equal(bag.scale("20x"), feats)

@@ -13,42 +13,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import h5py
-import numpy as np
 import pandas as pd
 
 from wsikt.core.io import write_tsv
+from wsikt.formats.features_h5 import describe_features
 
 COLUMNS = ["slide_id", "patient_id", "features", "n_patches", "dim", "encoder", "weights_hash", "primary",
            "magnifications", "mpp", "flagged"]
 MUST_AGREE = ("encoder", "weights_hash", "dim", "primary", "magnifications")
-
-
-def _text(value) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray) or isinstance(value, (list, tuple)):
-        return ",".join(_text(v) for v in value)
-    return str(value)
-
-
-def describe_features(path: str | Path) -> dict:
-    """The index fields of one features h5 (shape, encoder, magnifications, flagged tiles)."""
-    try:
-        with h5py.File(path, "r") as f:
-            if "features" not in f:
-                raise ValueError(f"{path}: no 'features' dataset; it is not a wsikt features file — delete it and rerun feature extraction")
-            a = f.attrs
-            n, dim = f["features"].shape
-            return dict(
-                features=str(path), n_patches=int(n), dim=int(a.get("dim", dim)), encoder=_text(a.get("encoder", "")),
-                weights_hash=_text(a.get("weights_hash", "")), primary=_text(a.get("primary", "")),
-                magnifications=_text(a.get("magnifications", a.get("primary", ""))),
-                mpp=float(a["mpp"]) if "mpp" in a else float("nan"),
-                flagged=int(np.count_nonzero(f["flagged"][:])) if "flagged" in f else 0,
-            )
-    except OSError as exc:
-        raise ValueError(f"{path}: not a readable h5 file ({exc}); delete it and rerun feature extraction for this slide") from None
 
 
 def build_bag_index(feature_paths: Sequence[str | Path], slides: Mapping[str, str]) -> pd.DataFrame:

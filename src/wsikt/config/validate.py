@@ -9,8 +9,8 @@ import jsonschema
 import pandas as pd
 import yaml
 
+from wsikt.core.mags import mag_name
 from wsikt.core.model_facts import PRIMARY, check_loss_config, model_scales
-from wsikt.preprocess.grid import mag_name
 
 
 class ConfigError(ValueError):

@@ -22,9 +22,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -34,7 +33,8 @@ from wsikt.core.device import resolve_device
 from wsikt.core.io import atomic_path
 from wsikt.features.encoders import EncoderSpec, build_encoder, get_encoder_spec
 from wsikt.features.patch_stream import PatchDataset, embed, loader_chunk, make_loader
-from wsikt.formats.patches_h5 import Magnification, PatchFile, read_patch_file
+from wsikt.formats.features_h5 import FeatureWriter, count_rows
+from wsikt.formats.patches_h5 import PatchFile, read_patch_file
 from wsikt.preprocess.slide import MissingMppError, open_slide, slide_mpp
 
 log = logging.getLogger("wsikt.features.extract")
@@ -162,77 +162,17 @@ class SlidePlan:
         return np.cumsum([0] + [len(m.coords) for m in self.patches.mags])
 
 
-def _write_coords(group: h5py.Group, key: str, mag: Magnification) -> None:
-    d = group.create_dataset(key, data=mag.coords)
-    for k, v in mag.attrs.items():
-        d.attrs[k] = v
+def _journal_hook(plan: SlidePlan) -> Callable[[Path], None]:
+    """Hard-link a finished slide's file into the journal before its rename: a kill in between still resumes it."""
 
-
-class FeatureWriter:
-    """One slide's features h5: rows go into a temporary file as they arrive; ``close`` publishes it.
-
-    Layout: ``features`` (N, D) float32, ``coords`` (attrs copied) and ``flagged`` (N,) for the
-    primary magnification; ``mags/<name>/{features,coords,flagged,parent_*}`` for each magnification
-    when the patch h5 has ``mags`` (the primary's features are hard links, not copies); root attrs
-    encoder, dim, mpp, weights_hash, magnifications, primary, precision.
-    """
-
-    def __init__(self, plan: SlidePlan, dim: int) -> None:
-        self.plan, self.offsets = plan, plan.offsets
-        self._tmp_cm = atomic_path(plan.job.out)
-        self.tmp = self._tmp_cm.__enter__()
-        self.f = h5py.File(self.tmp, "w")
-        self.feats, self.flags = [], []
-        for i, m in enumerate(plan.patches.mags):
-            g = self.f if i == 0 else self.f.require_group(f"mags/{m.name}")
-            self.feats.append(g.create_dataset("features", shape=(len(m.coords), dim), dtype=np.float32))
-            self.flags.append(g.create_dataset("flagged", shape=(len(m.coords),), dtype=bool))
-        self.written = self.flagged = 0
-
-    @property
-    def complete(self) -> bool:
-        return self.written == int(self.offsets[-1])
-
-    def write(self, row: int, values: np.ndarray, ok: np.ndarray) -> None:
-        """Rows ``row …`` of the slide's stream (magnifications one after another)."""
-        end = row + len(values)
-        for i in range(len(self.feats)):  # a batch may span two magnifications
-            lo, hi = max(row, self.offsets[i]), min(end, self.offsets[i + 1])
-            if lo < hi:
-                self.feats[i][lo - self.offsets[i]:hi - self.offsets[i]] = values[lo - row:hi - row]
-                self.flags[i][lo - self.offsets[i]:hi - self.offsets[i]] = ~ok[lo - row:hi - row]
-        self.written += len(values)
-        self.flagged += int((~ok).sum())
-
-    def close(self, attrs: dict) -> None:
-        """Coords, parents and attrs; then journal the file and rename it onto the output."""
-        f, plan = self.f, self.plan
-        _write_coords(f, "coords", plan.patches.mags[0])
-        if plan.patches.has_mags:
-            for i, m in enumerate(plan.patches.mags):
-                g = f.require_group(f"mags/{m.name}")
-                if i == 0:
-                    g["features"], g["flagged"] = f["features"], f["flagged"]  # hard links: stored once
-                _write_coords(g, "coords", m)
-                for key, parent in m.parents.items():
-                    g.create_dataset(key, data=parent)
-                g.attrs["mpp"] = plan.mpps[i]
-        f.attrs.update(mpp=plan.mpps[0], primary=plan.patches.mags[0].name, magnifications=plan.patches.names, **attrs)
-        f.close()
+    def hook(tmp: Path) -> None:
         entry = journal_path(plan.job.out, plan.key)
         try:
-            _journal(self.tmp, entry)  # before the rename: a kill in between still leaves the slide resumable
+            _journal(tmp, entry)
         except OSError as exc:  # a file system without hard links: no resume, nothing else lost
             log.warning("%s: no resume journal (%s); an interrupted batch re-embeds this slide", entry, exc)
-        self._tmp_cm.__exit__(None, None, None)
 
-    def abort(self) -> None:
-        """Drop the temporary file (the slide was not finished)."""
-        with contextlib.suppress(Exception):
-            self.f.close()
-        err = RuntimeError("aborted")
-        with contextlib.suppress(RuntimeError):
-            self._tmp_cm.__exit__(RuntimeError, err, None)
+    return hook
 
 
 # ------------------------------------------------------------------------------------- many slides
@@ -315,12 +255,7 @@ def extract_slides(
         _clear_journal(job.out)
     log.info("%d slides done in %.1f s (%d embedded, %d resumed)", len(jobs), time.perf_counter() - t0, len(plans), len(resumed))
     counts = {p.job.out: len(p.patches.mags[0].coords) for p in plans}
-    return [counts[j.out] if j.out in counts else _primary_rows(j.out) for j in jobs]
-
-
-def _primary_rows(path: Path) -> int:
-    with h5py.File(path, "r") as f:
-        return len(f["features"])
+    return [counts[j.out] if j.out in counts else count_rows(j.out) for j in jobs]
 
 
 class SlideStream:
@@ -337,12 +272,13 @@ class SlideStream:
 
     def _writer(self, k: int) -> FeatureWriter:
         if k not in self.writers:
-            self.writers[k] = FeatureWriter(self.plans[k], self.dim)
+            p = self.plans[k]
+            self.writers[k] = FeatureWriter(p.job.out, p.patches.mags, self.dim, multi=p.patches.has_mags)
         return self.writers[k]
 
     def _finish(self, k: int) -> None:
         w, p = self.writers.pop(k), self.plans[k]
-        w.close(self.attrs)
+        w.close(self.attrs, p.mpps, before_publish=_journal_hook(p))
         self.done += 1
         if w.flagged:
             log.warning("%s: %d unreadable tiles flagged (dataset 'flagged')", p.job.slide, w.flagged)
@@ -423,14 +359,3 @@ def extract_features(slide_path: str | Path, patches_h5: str | Path, out_h5: str
                      **settings) -> int:
     """One slide: ``extract_slides`` with a batch of one; returns the primary magnification's N."""
     return extract_slides([SlideJob.of(slide_path, patches_h5, out_h5)], encoder, **settings)[0]
-
-
-def load_features(path: str | Path, magnification: str | None = None) -> np.ndarray:
-    """The (N, D) feature matrix of one slide's h5 (the primary magnification unless named)."""
-    with h5py.File(path, "r") as f:
-        if magnification is None:
-            return f["features"][:]
-        if "mags" not in f or magnification not in f["mags"]:
-            have = list(f["mags"]) if "mags" in f else [f.attrs.get("primary", "primary")]
-            raise KeyError(f"{path}: no magnification '{magnification}' (has {have})")
-        return f["mags"][magnification]["features"][:]

@@ -22,6 +22,9 @@ import numpy as np
 import torch
 
 from wsikt.core.io import atomic_path
+from wsikt.core.mags import mag_name
+from wsikt.formats.features_h5 import describe_features, write_features
+from wsikt.formats.patches_h5 import PatchLevel
 
 log = logging.getLogger("wsikt.features.ingest")
 
@@ -139,16 +142,10 @@ def ingest_slide(source: str | Path, slide_id: str, out_h5: str | Path, encoder:
         coords = np.full((len(feats), 2), -1, np.int64)
         log.warning("%s: %s layout has no coords; written as -1 (coords attr known=False)", slide_id, layout)
     mpp = float(mpp) if mpp is not None else _mpp_from_attrs(attrs)
-    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("features", data=feats)
-        c = f.create_dataset("coords", data=coords.astype(np.int64))
-        for k, v in attrs.items():
-            c.attrs[k] = v
-        c.attrs["known"] = known
-        f.create_dataset("flagged", data=np.zeros(len(feats), bool))
-        name = f"{10 / mpp:g}x" if np.isfinite(mpp) and mpp > 0 else "primary"
-        f.attrs.update(encoder=encoder, dim=feats.shape[1], mpp=mpp, weights_hash=f"external:{layout}",
-                       source=str(source), primary=name, magnifications=[name])
+    name = mag_name(mpp)
+    level = PatchLevel(name, coords.astype(np.int64), {**attrs, "known": known})
+    write_features(out_h5, level, feats, dict(encoder=encoder, dim=feats.shape[1], weights_hash=f"external:{layout}",
+                                              source=str(source)), mpp)
     return len(feats)
 
 
@@ -168,8 +165,7 @@ def ingest_features(source: str | Path, out_dir: str | Path, encoder: str, slide
     for slide_id in wanted:
         path = Path(out_dir) / f"{slide_id}.h5"
         ingest_slide(source, slide_id, path, encoder, mpp)
-        with h5py.File(path, "r") as f:
-            dims.setdefault(int(f.attrs["dim"]), slide_id)
+        dims.setdefault(int(describe_features(path)["dim"]), slide_id)
         if len(dims) > 1:
             raise ValueError(f"{source}: slides have different feature dims ({dims}); one encoder per directory")
         out.append(path)

@@ -1,15 +1,23 @@
-"""Reading a patch h5 (wsikt's multi-magnification layout, or CLAM's single-level one) for embedding."""
+"""The patch h5: wsikt's multi-magnification layout (written and read here), or CLAM's single-level one (read).
+
+Layout: top-level ``coords`` = the primary (finest) level, for CLAM/TRIDENT readers; every level
+under ``mags/<name>/coords`` with ``parent_<coarser>`` row indices; coords attrs carry CLAM's,
+TRIDENT's and wsikt's geometry; root attrs the magnifications, the primary and the slide's status
+(slide_id, status, reason, n_patches, mpp).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
 
-from wsikt.preprocess.grid import mag_name
+from wsikt.core.io import atomic_path
+from wsikt.core.mags import mag_name
 
 
 @dataclass
@@ -23,6 +31,27 @@ class Magnification:
     read_size: int
     target_size: int
     parents: dict[str, np.ndarray] = field(default_factory=dict)  # 'parent_<coarse>' → row indices
+
+
+@dataclass
+class PatchLevel:
+    """One magnification to write: its name, level-0 coords, coords attrs and parent rows per coarser level."""
+
+    name: str
+    coords: np.ndarray
+    attrs: dict
+    parents: dict[str, np.ndarray] = field(default_factory=dict)  # coarser level name → (N,) row index
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    """What preprocessing recorded for a slide in the patch h5's root attrs."""
+
+    slide_id: str
+    status: str
+    reason: str
+    n_patches: int
+    mpp: float
 
 
 @dataclass
@@ -81,3 +110,30 @@ def read_patch_file(path: str | Path) -> PatchFile:
             raise ValueError(f"{path}: top-level coords differ from mags/{primary}/coords; re-run preprocessing")
     return PatchFile(mags, names, has_mags=True)
 
+
+
+def write_patch_file(path: str | Path, levels: Sequence[PatchLevel], status: dict) -> None:
+    """Write a patch h5 atomically: ``levels`` finest first (the primary), ``status`` as root attrs."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for i, lv in enumerate(levels):
+            group = f.create_group(f"mags/{lv.name}")
+            dsets = [group.create_dataset("coords", data=np.asarray(lv.coords, np.int64).reshape(-1, 2))]
+            if i == 0:
+                dsets.append(f.create_dataset("coords", data=np.asarray(lv.coords, np.int64).reshape(-1, 2)))
+            for d in dsets:
+                d.attrs.update(lv.attrs)
+            for coarse, parent in lv.parents.items():
+                group.create_dataset(f"parent_{coarse}", data=np.asarray(parent, np.int64))
+        f.attrs["magnifications"] = [lv.name for lv in levels]
+        f.attrs["primary"] = levels[0].name
+        f.attrs.update(status)
+
+
+def read_status(path: str | Path) -> PatchStatus:
+    """The slide's preprocessing status from a patch h5 written by wsikt."""
+    with h5py.File(path, "r") as f:
+        a = f.attrs
+        if "status" not in a:
+            raise ValueError(f"{path}: no 'status' attr; not a patch h5 written by wsikt — delete it and rerun preprocessing")
+        return PatchStatus(_text(a["slide_id"]), _text(a["status"]), _text(a.get("reason", "")),
+                           int(f["coords"].shape[0]), float(a.get("mpp", math.nan)))

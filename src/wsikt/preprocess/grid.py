@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from wsikt.core.mags import mag_name
 from wsikt.preprocess.polygon import RasterPolygon
 from wsikt.preprocess.tissue import TissueMask
 
@@ -146,11 +147,6 @@ class Level:
     footprint: int  # level-0 pixels
     coords: np.ndarray  # (N, 2) int64 level-0 top-left
     parents: dict[str, np.ndarray]  # coarser level name → (N,) row index into its coords
-
-
-def mag_name(mpp: float) -> str:
-    """A magnification's name from its µm/px: 0.5 → '20x', 2.0 → '5x' (10x objective ≙ 1 µm/px)."""
-    return f"{10.0 / mpp:g}x"
 
 
 def nest_levels(fine: np.ndarray, fine_mpp: float, fine_footprint: int, coarse_mpps: list[float]) -> list[Level]:

@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 import openslide
 
 from wsikt.core.io import atomic_path
+from wsikt.core.mags import mag_name
+from wsikt.formats.patches_h5 import PatchLevel, write_patch_file
+from wsikt.formats.patches_h5 import read_status as read_patch_status
 from wsikt.preprocess.grid import (
     CONTOUR_FNS,
     Level,
     clam_grid,
     global_grid,
-    mag_name,
     nest_levels,
     qc_grid_image,
     qc_tissue_image,
@@ -141,7 +142,7 @@ def _preprocess_open(slide: openslide.OpenSlide, slide_path, slide_id: str, outs
     if status != STATUS_OK:
         log.warning("%s: %s", slide_id, reason)
     write_geojson(tissue_geojson(tissue, result.attrs()), out_geojson)
-    write_patches_h5(out_patches, levels, plans, slide_id, slide, mpp0, result)
+    _write_levels(out_patches, levels, plans, slide_id, slide, mpp0, result)
     thumb, tds = _thumbnail(slide, tissue, settings.qc_max_side)
     tissue_png = qc_tissue_image(thumb, tissue, tds)
     write_png(tissue_png, out_qc_tissue)
@@ -190,25 +191,11 @@ def level_attrs(plan: ReadPlan, slide_name: str, level0_size, level_dims, mpp0: 
     }
 
 
-def write_patches_h5(path, levels: list[Level], plans: list[ReadPlan], slide_name: str, slide: openslide.OpenSlide, mpp0: float, result: SlideResult) -> None:
-    """Top-level ``coords`` = finest level (CLAM/TRIDENT readers), every level under ``mags/<name>``
-    with ``parent_<coarser>`` indices; root attrs carry the magnifications and the slide's status."""
+def _write_levels(path, levels: list[Level], plans: list[ReadPlan], slide_name: str, slide: openslide.OpenSlide, mpp0: float, result: SlideResult) -> None:
+    """The patch h5 of a slide's aligned levels, each with its read geometry as coords attrs."""
     dims = [tuple(d) for d in slide.level_dimensions]
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for i, (lv, plan) in enumerate(zip(levels, plans)):
-                attrs = level_attrs(plan, slide_name, slide.dimensions, dims, mpp0, lv.mpp)
-                group = f.create_group(f"mags/{lv.name}")
-                dsets = [group.create_dataset("coords", data=lv.coords.astype(np.int64))]
-                if i == 0:
-                    dsets.append(f.create_dataset("coords", data=lv.coords.astype(np.int64)))
-                for d in dsets:
-                    d.attrs.update(attrs)
-                for coarse, parent in lv.parents.items():
-                    group.create_dataset(f"parent_{coarse}", data=parent)
-            f.attrs["magnifications"] = [lv.name for lv in levels]
-            f.attrs["primary"] = levels[0].name
-            f.attrs.update(result.attrs())
+    write_patch_file(path, [PatchLevel(lv.name, lv.coords, level_attrs(plan, slide_name, slide.dimensions, dims, mpp0, lv.mpp), lv.parents)
+                            for lv, plan in zip(levels, plans)], result.attrs())
 
 
 def _write_empty(outs, result: SlideResult, settings: PatchSettings) -> None:
@@ -216,21 +203,13 @@ def _write_empty(outs, result: SlideResult, settings: PatchSettings) -> None:
     extraction to write an empty features file), empty GeoJSON, QC images stating the reason."""
     out_geojson, out_patches, out_qc_tissue, out_qc_patches = outs
     write_geojson(empty_geojson(result.attrs()), out_geojson)
-    names = [mag_name(m) for m in (settings.target_mpp, *sorted(settings.context_mpp))]
-    with atomic_path(out_patches) as tmp:
-        with h5py.File(tmp, "w") as f:
-            attrs = {"patch_level": 0, "patch_size": settings.patch_size, "read_level": 0,
-                     "read_size": settings.patch_size, "target_patch_size": settings.patch_size,
-                     "target_mpp": settings.target_mpp, "name": result.slide_id}
-            f.create_dataset("coords", data=np.zeros((0, 2), np.int64)).attrs.update(attrs)
-            for i, (name, mpp) in enumerate(zip(names, (settings.target_mpp, *sorted(settings.context_mpp)))):
-                g = f.create_group(f"mags/{name}")
-                g.create_dataset("coords", data=np.zeros((0, 2), np.int64)).attrs.update({**attrs, "target_mpp": mpp})
-                for coarse in names[i + 1:]:
-                    g.create_dataset(f"parent_{coarse}", data=np.zeros(0, np.int64))
-            f.attrs["magnifications"] = names
-            f.attrs["primary"] = names[0]
-            f.attrs.update(result.attrs())
+    mpps = (settings.target_mpp, *sorted(settings.context_mpp))
+    names = [mag_name(m) for m in mpps]
+    attrs = {"patch_level": 0, "patch_size": settings.patch_size, "read_level": 0, "read_size": settings.patch_size,
+             "target_patch_size": settings.patch_size, "name": result.slide_id}
+    empty = np.zeros((0, 2), np.int64)
+    write_patch_file(out_patches, [PatchLevel(name, empty, {**attrs, "target_mpp": mpp}, {c: np.zeros(0, np.int64) for c in names[i + 1:]})
+                                   for i, (name, mpp) in enumerate(zip(names, mpps))], result.attrs())
     card = _status_card(result)
     write_png(card, out_qc_tissue)
     write_png(card, out_qc_patches)
@@ -260,14 +239,9 @@ def write_png(rgb: np.ndarray, path: str | Path) -> None:
 
 
 def read_status(patches_h5: str | Path) -> SlideResult:
-    """A slide's preprocessing status from its patch h5 (files from before statuses count as ok)."""
-    with h5py.File(patches_h5, "r") as f:
-        a = f.attrs
-        n = int(f["coords"].shape[0])
-        return SlideResult(
-            str(a.get("slide_id", Path(patches_h5).stem)), str(a.get("status", STATUS_OK if n else STATUS_NO_TISSUE)),
-            str(a.get("reason", "")), n, float(a.get("mpp", float("nan"))),
-        )
+    """A slide's preprocessing status from its patch h5."""
+    st = read_patch_status(patches_h5)
+    return SlideResult(st.slide_id, st.status, st.reason, st.n_patches, st.mpp)
 
 
 def usable_patients(slides, patch_path: dict[str, str | Path]):
