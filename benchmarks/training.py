@@ -20,7 +20,9 @@ import time
 import numpy as np
 import torch
 
-from wsikt.training.experts import TrainSettings, cosine_with_warmup, new_expert, optimizer_for, step_loss, train_expert
+from wsikt.training.experts import new_expert, train_expert
+from wsikt.training.fit import cosine_with_warmup, optimizer_for, survival_loss
+from wsikt.training.settings import TrainSettings
 
 
 def synthetic(n: int, lo: int, hi: int, dim: int, seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
@@ -50,7 +52,7 @@ def batch1_epoch(bags, bins, events, n_bins: int, settings: TrainSettings, devic
         idx = order[start:start + settings.patients_per_step]
         opt.zero_grad(set_to_none=True)
         for i in idx:
-            loss = step_loss(model(model.collate([bags[i]], device)), y[i:i + 1], None, e[i:i + 1], settings)
+            loss = survival_loss(model(model.collate([bags[i]], device))["logits"], y[i:i + 1], e[i:i + 1], None, settings)
             (loss / len(idx)).backward()
             total += float(loss.detach())
         opt.step()

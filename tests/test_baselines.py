@@ -10,12 +10,13 @@ import pytest
 import torch
 from test_transfer import CPU, FOLDS, poison_test_labels  # the session fixture `cohort` comes from conftest.py
 
+from wsikt.cohort.splits import inner_folds
 from wsikt.mil import pad_bags
-from wsikt.training.experts import TrainSettings, load_expert, run_expert_fold
+from wsikt.training.experts import load_expert, run_expert_fold
+from wsikt.training.settings import TrainSettings
 from wsikt.transfer.baselines import (
     BaselineSettings,
     choose_source,
-    inner_folds,
     merge_experts,
     run_baseline_fold,
     source_pool,
@@ -36,7 +37,7 @@ def test_inner_split_covers_training_patients_only_and_ignores_test_labels(cohor
     for fold in range(FOLDS):
         inner = inner_folds(split, fold, 3, seed=42)
         train_ids = set(split.loc[split["fold"] != fold, "patient_id"])
-        assert set(inner.index) == train_ids
+        assert set(split.loc[inner.index, "patient_id"]) == train_ids
         assert sorted(inner.unique()) == [0, 1, 2]
         pd.testing.assert_series_equal(inner, inner_folds(poison_test_labels(split, fold), fold, 3, seed=42))
 

@@ -75,8 +75,8 @@ def test_bad_input_is_one_clear_line_and_leaves_no_output(fixture_slides, tmp_pa
     res = _cli(*_preprocess_args(fixture_slides / CMU, tmp_path, SETTINGS) [:-1], "[1]")
     assert res.returncode == 2 and "argument --settings: expected a JSON object" in res.stderr
     res = _cli("extract_features", "--slide", fixture_slides / CMU, "--patches", tmp_path / "p.h5", "--out",
-               tmp_path / "f.h5", "--encoder", "demo", "--settings", '{"hub": true}')
-    assert res.returncode == 1 and "unknown key(s) ['hub']; allowed:" in res.stderr
+               tmp_path / "f.h5", "--encoder", "demo", "--settings", '{"allow_hub": true}')
+    assert res.returncode == 1 and "unknown key(s) ['allow_hub']; allowed:" in res.stderr
     res = _cli(*_preprocess_args(fixture_slides / "broken.svs", tmp_path, SETTINGS, on_error="fail", log=tmp_path / "x.log"))
     assert res.returncode != 0
     assert "broken.svs" in (tmp_path / "x.log").read_text()  # the traceback and its cause are in the job's log

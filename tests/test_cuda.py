@@ -15,7 +15,8 @@ import torch
 from wsikt.features.extract import extract_features
 from wsikt.formats.features_h5 import load_features
 from wsikt.survival.bins import assign_bins, fit_time_bins
-from wsikt.training.experts import TrainSettings, predict, train_expert
+from wsikt.training.experts import predict, train_expert
+from wsikt.training.settings import TrainSettings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -15,21 +15,20 @@ from wsikt.mil import MODELS
 from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival
 from wsikt.survival.metrics import harrell_c
 from wsikt.training.experts import (
-    NullGate,
-    TrainSettings,
     breslow_log_cumhaz,
     forward_all,
-    inner_cv_c,
+    gate_c,
     life_table_logits,
     load_expert,
     new_expert,
     predict,
     run_expert_fold,
     save_expert,
-    step_loss,
     survival_times,
     train_expert,
 )
+from wsikt.training.fit import survival_loss
+from wsikt.training.settings import NullGate, TrainSettings
 
 CPU = torch.device("cpu")
 SINGLE_SCALE = [m for m in MODELS if model_scales(m) == (PRIMARY,)]
@@ -65,7 +64,7 @@ def test_batched_step_equals_mean_of_batch1_losses_and_gradients(name):
     model.train()
     y, e = torch.as_tensor(bins), torch.as_tensor(event)
 
-    batched = step_loss(model(model.collate(bags, CPU)), y, None, e, settings)
+    batched = survival_loss(model(model.collate(bags, CPU))["logits"], y, e, None, settings)
     model.zero_grad()
     batched.backward()
     g_batched = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
@@ -73,7 +72,7 @@ def test_batched_step_equals_mean_of_batch1_losses_and_gradients(name):
     model.zero_grad()
     singles = []
     for i, b in enumerate(bags):
-        loss_i = step_loss(model(model.collate([b], CPU)), y[i:i + 1], None, e[i:i + 1], settings)
+        loss_i = survival_loss(model(model.collate([b], CPU))["logits"], y[i:i + 1], e[i:i + 1], None, settings)
         (loss_i / len(bags)).backward()  # gradient accumulation over the 16 patients
         singles.append(float(loss_i.detach()))
     assert float(batched.detach()) == pytest.approx(np.mean(singles), abs=1e-6)
@@ -89,7 +88,7 @@ def test_train_expert_first_step_loss_is_the_batched_loss():
     bins = assign_bins(time, edges)
     settings = TrainSettings(dropout=0.0, epochs=1)
     model = new_expert(bags, len(edges) + 1, settings, CPU)  # same seed → the weights train_expert starts from
-    expected = step_loss(model(model.collate(bags, CPU)), torch.as_tensor(bins), None, torch.as_tensor(event), settings)
+    expected = survival_loss(model(model.collate(bags, CPU))["logits"], torch.as_tensor(bins), torch.as_tensor(event), None, settings)
     _, history = train_expert(bags, bins, event, len(edges) + 1, settings, CPU)
     assert history[0] == pytest.approx(float(expected.detach()), abs=1e-6)  # one step of 16 patients per epoch
 
@@ -248,21 +247,6 @@ def test_life_table_logits_by_hand():
     np.testing.assert_allclose(h, [1 / 6, 2 / 4, 1e-7, 1 - 1e-7, 1e-7], rtol=1e-4)
 
 
-def test_checkpoint_from_before_the_null_gate_loads_as_a_trained_expert(tmp_path):
-    bags, time, event = planted(n=16)
-    settings = TrainSettings(model="abmil", epochs=1, n_bins=4)
-    edges = fit_time_bins(time, event, "uniform", 4, 365.0)
-    model, _ = train_expert(bags, assign_bins(time, edges), event, 4, settings, CPU)
-    save_expert(tmp_path / "new.pt", model, 8, 4, edges, settings)
-    ckpt = torch.load(tmp_path / "new.pt", weights_only=True)
-    for key in ("is_null", "null_logits"):
-        del ckpt["state_dict"][key]
-    torch.save(ckpt, tmp_path / "old.pt")
-    old = load_expert(tmp_path / "old.pt", CPU)
-    assert not bool(old.is_null)
-    np.testing.assert_array_equal(predict(old, bags, CPU)[0], predict(load_expert(tmp_path / "new.pt", CPU), bags, CPU)[0])
-
-
 def test_parameter_averaging_uses_the_heads_even_of_null_experts(tmp_path):
     from wsikt.transfer.baselines import merge_experts
 
@@ -285,7 +269,7 @@ def test_null_gate_never_reads_the_test_fold():
 
     split, bags = _split(36)
     settings = TrainSettings(model="abmil", lr=1e-3, epochs=3, feature_norm="standardize", n_bins=8)
-    clean = inner_cv_c(split, bags, 0, settings, 3, CPU)
-    assert inner_cv_c(poison_test_labels(split, 0), bags, 0, settings, 3, CPU) == clean
+    clean = gate_c(split, bags, 0, settings, 3, CPU)
+    assert gate_c(poison_test_labels(split, 0), bags, 0, settings, 3, CPU) == clean
     # poisoning a training fold does move it, so the equality above is not vacuous
-    assert inner_cv_c(poison_test_labels(split, 1), bags, 0, settings, 3, CPU) != clean
+    assert gate_c(poison_test_labels(split, 1), bags, 0, settings, 3, CPU) != clean

@@ -15,7 +15,8 @@ from wsikt.core.model_facts import model_scales
 from wsikt.formats.features_h5 import write_features
 from wsikt.formats.patches_h5 import PatchLevel
 from wsikt.mil import MODELS, build_model, pad_bags
-from wsikt.training.experts import TrainSettings, load_expert, predict, save_expert, train_expert
+from wsikt.training.experts import load_expert, predict, save_expert, train_expert
+from wsikt.training.settings import TrainSettings
 
 CPU = torch.device("cpu")
 DIM = 6

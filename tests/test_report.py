@@ -6,6 +6,7 @@ Debian's chromium at /usr/bin/chromium and is skipped without it.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from wsikt.report.metrics import (
     fold_time_metrics,
     harrell_c_batch,
     load_fold_predictions,
-    read_inner_edges,
     risk_groups,
 )
 from wsikt.survival.metrics import survival_at
@@ -48,7 +48,7 @@ def _predictions(rng, patients, fold_of, k, signal=1.0) -> pd.DataFrame:
     return pd.concat([df, pd.DataFrame(surv, columns=[f"S_{j}" for j in range(N_BINS)])], axis=1)
 
 
-def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds=3, seed=0, with_model_pt=True) -> dict:
+def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds=3, seed=0) -> dict:
     """A results/ tree shaped like the workflow's, with the arguments build_report needs."""
     rng = np.random.default_rng(seed)
     r = root / "results"
@@ -66,10 +66,7 @@ def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds
             p["split"] = np.where(fold_of == k, "test", "train")
             p.to_csv(d / "predictions.tsv", sep="\t", index=False)
             preds.append(d / "predictions.tsv")
-            if with_model_pt:
-                import torch
-
-                torch.save({"inner_edges": ((np.arange(1, N_BINS)) * WIDTH).tolist(), "n_bins": N_BINS}, d / "model.pt")
+            (d / "metrics.json").write_text(json.dumps({"inner_edges": ((np.arange(1, N_BINS)) * WIDTH).tolist()}))
             test = p[p["split"] == "test"]
             rows.append(harrell_c_batch(test["time"].to_numpy(), test["event"].to_numpy(), test["risk"].to_numpy())[0])
         c = np.array(rows)
@@ -275,12 +272,17 @@ def test_too_few_events_shows_dash_not_crash(tmp_path):
     assert np.isnan(m.ibs) and np.isnan(m.mean_auc) and "test events" in m.reason
 
 
-def test_bin_edges_from_checkpoint_or_uniform(tmp_path):
-    import torch
-
-    torch.save({"inner_edges": [10.0, 20.0, 40.0]}, tmp_path / "model.pt")
-    assert read_inner_edges(tmp_path / "model.pt", 4).tolist() == [10.0, 20.0, 40.0]
-    assert read_inner_edges(tmp_path / "absent.pt", 4).tolist() == [365.0, 730.0, 1095.0]
+def test_bin_edges_come_from_the_folds_metrics_json_not_its_checkpoint(tmp_path):
+    fold = tmp_path / "ZZZ" / "fold0"
+    fold.mkdir(parents=True)
+    table = pd.DataFrame({"patient_id": ["007", "a"], "fold": 0, "split": ["train", "test"], "time": [1.0, 2.0],
+                          "event": [1, 0], "risk": [1.0, 0.0], "S_0": 0.5, "S_1": 0.2, "S_2": 0.1, "S_3": 0.0})
+    table.to_csv(fold / "predictions.tsv", sep="\t", index=False)
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        load_fold_predictions([fold / "predictions.tsv"])
+    (fold / "metrics.json").write_text('{"inner_edges": [10.0, 20.0, 40.0]}')
+    (f,) = load_fold_predictions([fold / "predictions.tsv"])
+    assert f.inner_edges.tolist() == [10.0, 20.0, 40.0] and f.cancer == "ZZZ" and f.table["patient_id"][0] == "007"
 
 
 def test_runtime_sums_benchmarks_per_stage_without_the_report(built):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_transfer import CPU, FOLDS, poison_test_labels  # the session fixture `cohort` comes from conftest.py
 
+from wsikt.training.checkpoint import read_checkpoint
 from wsikt.transfer.embedding_cache import parse_key, stack_embeddings
 from wsikt.transfer.roupkt import (
     ROUPKT,
@@ -120,9 +121,9 @@ def test_one_fold_writes_expert_style_predictions_router_usage_and_metrics(cohor
     assert saved["c_index_test"] == pytest.approx(metrics["c_index_test"])
     assert saved["loss_per_epoch"][-1] < saved["loss_per_epoch"][0]
     assert metrics["c_index_train"] > 0.6  # it learns the planted signal through the experts' embeddings
-    ckpt = torch.load(out["m"], weights_only=True)
-    assert ckpt["experts"] == names and ckpt["state_dict"]["router.gate.weight"].shape == (4, 512)
-    assert "router.gate.bias" not in ckpt["state_dict"]
+    ckpt = read_checkpoint(out["m"], kind="roupkt")
+    assert ckpt.meta["experts"] == names and ckpt.state_dict["router.gate.weight"].shape == (4, 512)
+    assert "router.gate.bias" not in ckpt.state_dict
     model, loaded = load_roupkt(out["m"], CPU)  # the saved model reproduces the written predictions and routes
     emb = stack_embeddings(cohort.caches["SHB"], [parse_key(n) for n in loaded], list(split["patient_id"]))
     again = predict_roupkt(model, cohort.bags["SHB"], emb, CPU)

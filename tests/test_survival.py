@@ -13,7 +13,9 @@ from wsikt.mil import MODELS, PRIMARY, build_model, model_scales, pad_bags
 from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival, survival_curve
 from wsikt.survival.losses import nll_loss
 from wsikt.survival.metrics import harrell_c
-from wsikt.training.experts import TrainSettings, load_expert, predict, run_expert_fold, save_expert, train_expert
+from wsikt.training.checkpoint import read_checkpoint
+from wsikt.training.experts import load_expert, predict, run_expert_fold, save_expert, train_expert
+from wsikt.training.settings import TrainSettings
 
 CPU = torch.device("cpu")
 
@@ -318,13 +320,15 @@ def test_save_load_round_trip_identical_predictions(trained_toy, tmp_path):
     np.testing.assert_array_equal(surv, surv2)
     np.testing.assert_array_equal(emb, emb2)
 
-    ckpt = torch.load(path, weights_only=True)
+    ckpt = read_checkpoint(path, kind="expert")
     patches = np.concatenate(bags).astype(np.float64)
     # the training-set feature statistics travel inside the checkpoint
-    np.testing.assert_allclose(ckpt["state_dict"]["feature_mean"].numpy(), patches.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(ckpt["state_dict"]["feature_std"].numpy(), patches.std(0, ddof=1), rtol=1e-4)
-    assert ckpt["inner_edges"] == pytest.approx(list(edges))
-    assert ckpt["settings"]["feature_norm"] == "standardize"
+    np.testing.assert_allclose(ckpt.state_dict["feature_mean"].numpy(), patches.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(ckpt.state_dict["feature_std"].numpy(), patches.std(0, ddof=1), rtol=1e-4)
+    assert ckpt.inner_edges.tolist() == pytest.approx(list(edges))
+    assert ckpt.train_settings.feature_norm == "standardize"
+    with pytest.raises(ValueError, match="a expert checkpoint where a roupkt was expected"):
+        read_checkpoint(path, kind="roupkt")
     torch.testing.assert_close(loaded.feature_mean, model.feature_mean)
     # and they are not the identity: a model built fresh would predict differently
     assert not torch.allclose(loaded.feature_mean, torch.zeros(8))

@@ -20,7 +20,8 @@ from wsikt.cohort.splits import make_splits
 from wsikt.mil import pad_bags
 from wsikt.survival.bins import risk_from_survival
 from wsikt.survival.metrics import harrell_c
-from wsikt.training.experts import TrainSettings, load_expert, predict, run_expert_fold
+from wsikt.training.experts import load_expert, predict, run_expert_fold
+from wsikt.training.settings import TrainSettings
 from wsikt.transfer.embedding_cache import cache_keys, embed_target, read_embeddings, read_risks
 from wsikt.transfer.matrix import (
     positive_sources,

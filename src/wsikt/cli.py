@@ -40,21 +40,21 @@ def _optional_float(text: str) -> float | None:
 
 def preprocess_slide(a: argparse.Namespace) -> None:
     """Segment and patch one slide (a bad slide → empty outputs with its status)."""
-    from wsikt.preprocess.pipeline import PatchSettings
     from wsikt.preprocess.pipeline import preprocess_slide as run
+    from wsikt.preprocess.settings import PatchSettings
 
-    run(a.slide, a.slide_id, a.tissue, a.patches, a.qc_tissue, a.qc, PatchSettings(**a.settings),
+    run(a.slide, a.slide_id, a.tissue, a.patches, a.qc_tissue, a.qc, PatchSettings.from_config(a.settings),
         mpp_override=a.mpp_override, on_error=a.on_error)
-
-
-FEATURE_SETTINGS = {"batch_size", "num_workers", "device", "weights", "allow_hub", "precision", "compile", "prefetch"}
 
 
 def extract_features(a: argparse.Namespace) -> None:
     """Embed slides' patches (all magnifications) with one encoder, built once for all of them."""
-    unknown = sorted(set(a.settings) - FEATURE_SETTINGS)
-    if unknown:
-        raise SystemExit(f"extract_features --settings: unknown key(s) {unknown}; allowed: {sorted(FEATURE_SETTINGS)}")
+    from wsikt.features.settings import FeatureSettings
+
+    try:
+        settings = FeatureSettings.from_config(a.settings)
+    except ValueError as exc:
+        raise SystemExit(f"extract_features --settings: {exc}") from None
     if not len(a.slide) == len(a.patches) == len(a.out):
         raise SystemExit(f"extract_features: {len(a.slide)} --slide, {len(a.patches)} --patches and {len(a.out)} --out "
                          "paths; give one of each per slide, in the same order")
@@ -65,7 +65,7 @@ def extract_features(a: argparse.Namespace) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     jobs = [SlideJob.of(s, p, o) for s, p, o in zip(a.slide, a.patches, a.out)]
-    extract_slides(jobs, encoder=a.encoder, **a.settings)  # absent keys: the library's defaults
+    extract_slides(jobs, encoder=a.encoder, **settings.kwargs())  # absent keys: the library's defaults
 
 
 def ingest_features(a: argparse.Namespace) -> None:
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patches", required=True, help="output patch h5")
     p.add_argument("--qc-tissue", required=True, help="output tissue QC PNG")
     p.add_argument("--qc", required=True, help="output patch QC PNG")
-    p.add_argument("--settings", type=_json_object, required=True, help="PatchSettings fields as a JSON object")
+    p.add_argument("--settings", type=_json_object, required=True, help="config section preprocess (or part of it) as a JSON object")
     p.add_argument("--mpp-override", type=_optional_float, default=None)
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip")
     p.set_defaults(run=preprocess_slide)
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patches", nargs="+", required=True, help="each slide's patch h5, in the same order")
     p.add_argument("--out", nargs="+", required=True, help="each slide's output features h5, in the same order")
     p.add_argument("--encoder", required=True)
-    p.add_argument("--settings", type=_json_object, default={}, help="any of " + ", ".join(sorted(FEATURE_SETTINGS))
+    p.add_argument("--settings", type=_json_object, default={}, help="keys of config section features, as a JSON object: any of "
+                   + "batch_size, num_workers, device, weights, hub, precision, compile, prefetch"
                    + " (wsikt.features.extract.extract_slides arguments) as a JSON object")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(run=extract_features)

@@ -27,8 +27,8 @@ rule train_baseline:
     resources:
         gpu=config["experts"]["gpus"],
     params:
-        settings=get_train_settings(),
-        baseline=get_baseline_settings(),
+        experts=config["experts"],
+        baselines=config["baselines"],
         device=config["experts"]["device"],
     script:
         "../scripts/train_baseline.py"

@@ -15,6 +15,8 @@ from snakemake.settings.types import DeploymentMethod
 
 from wsikt.config.validate import read_samples, slide_path_pattern, validate_config
 from wsikt.features.batches import plan_batches
+from wsikt.features.settings import feature_params
+from wsikt.preprocess.settings import patch_params
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
 
@@ -117,33 +119,13 @@ def get_cancer_features(wildcards):
 
 
 def get_patch_settings():
-    """Patching settings (config key preprocess) as the library's PatchSettings fields, as JSON."""
-    p = config["preprocess"]
-    return as_json(
-        target_mpp=p["target_mpp"],
-        patch_size=p["patch_size"],
-        mpp_tolerance=p["mpp_tolerance"],
-        context_mpp=tuple(p["context_mpp"]),
-        contour_fn=p["contour_fn"],
-        min_tissue_fraction=p["min_tissue_fraction"],
-        grid=p["grid"],
-        segmentation=p["segmentation"],
-    )
+    """The keys of config section preprocess that shape patches (wsikt.preprocess.settings), as JSON."""
+    return json.dumps(patch_params(config["preprocess"]), sort_keys=True)
 
 
 def get_feature_settings():
-    """Feature-extraction settings (config key features) as extract_features arguments, as JSON."""
-    f = config["features"]
-    return as_json(
-        batch_size=f["batch_size"],
-        num_workers=f["num_workers"],
-        device=f["device"],
-        weights=f["weights"],
-        allow_hub=f["hub"],
-        precision=None if f["precision"] == "auto" else f["precision"],
-        compile=f["compile"],
-        prefetch=f["prefetch"],
-    )
+    """The keys of config section features an extraction job uses (wsikt.features.settings), as JSON."""
+    return json.dumps(feature_params(config["features"]), sort_keys=True)
 
 
 def feature_resources(n_slides):
@@ -165,42 +147,6 @@ def apply_profile_resources(rule_names, profile_name):
 def as_json(**values):
     """A shell: rule's settings param: one JSON object (sorted keys, so equal settings compare equal)."""
     return json.dumps(values, sort_keys=True)
-
-
-def get_train_settings():
-    """Expert training settings (config key experts) as the library's TrainSettings fields."""
-    e = config["experts"]
-    return dict(
-        epochs=e["epochs"],
-        lr=e["lr"],
-        weight_decay=e["weight_decay"],
-        patients_per_step=e["patients_per_step"],
-        warmup_epochs=e["warmup_epochs"],
-        alpha=e["alpha"],
-        dropout=e["dropout"],
-        feature_norm=e["feature_norm"],
-        loss=e["loss"],
-        model_params=e["model_params"],
-        seed=e["seed"],
-        bins_kind=e["bins"]["kind"],
-        n_bins=e["bins"]["n_bins"],
-        bin_width_days=e["bins"]["width_days"],
-    )
-
-
-def get_null_gate():
-    """The experts' null gate (config key experts.null_gate) as NullGate fields."""
-    return dict(config["experts"]["null_gate"])
-
-
-def get_roupkt_settings():
-    """ROUPKT settings (config key roupkt, minus the target list) as RoupktSettings fields."""
-    return {k: v for k, v in config["roupkt"].items() if k != "targets"}
-
-
-def get_baseline_settings():
-    """Transfer-baseline settings (config key baselines, minus the method list) as BaselineSettings fields."""
-    return {k: v for k, v in config["baselines"].items() if k != "methods"}
 
 
 def get_final_outputs():

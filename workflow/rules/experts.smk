@@ -19,8 +19,7 @@ rule train_expert:
     resources:
         gpu=config["experts"]["gpus"],
     params:
-        settings=get_train_settings(),
-        gate=get_null_gate(),
+        experts=config["experts"],
         device=config["experts"]["device"],
     script:
         "../scripts/train_expert.py"

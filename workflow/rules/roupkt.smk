@@ -22,8 +22,8 @@ rule train_roupkt:
     resources:
         gpu=config["experts"]["gpus"],
     params:
-        settings=get_train_settings(),
-        roupkt=get_roupkt_settings(),
+        experts=config["experts"],
+        roupkt=config["roupkt"],
         device=config["experts"]["device"],
     script:
         "../scripts/train_roupkt.py"

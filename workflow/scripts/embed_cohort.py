@@ -1,5 +1,4 @@
 """Snakemake adapter: every expert's embedding and risk for every patient of one target, plus its zero-shot C rows."""
-import pandas as pd
 import torch
 
 from wsikt.cohort.bag_index import read_bag_index
@@ -7,6 +6,7 @@ from wsikt.cohort.bags import load_patient_bags
 from wsikt.core.device import resolve_device
 from wsikt.core.io import write_tsv
 from wsikt.core.logs import log_to
+from wsikt.formats.tables import read_table
 from wsikt.training.experts import load_expert
 from wsikt.transfer.embedding_cache import embed_target, expert_key_from_path
 from wsikt.transfer.matrix import training_rows, zero_shot_rows
@@ -14,7 +14,7 @@ from wsikt.transfer.matrix import training_rows, zero_shot_rows
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     p, target = snakemake.params, snakemake.wildcards.cancer
-    split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
+    split = read_table(snakemake.input.split)
     slides, feature_path = read_bag_index(snakemake.input.bags)
     experts = {expert_key_from_path(f): f for f in snakemake.input.experts}
     device = resolve_device(p.device)

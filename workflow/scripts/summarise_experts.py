@@ -3,7 +3,7 @@ import json
 
 from wsikt.core.io import write_tsv
 from wsikt.core.logs import log_to
-from wsikt.training.experts import summarise_experts
+from wsikt.training.summary import summarise_experts
 
 with log_to(snakemake.log[0]):
     metrics = [json.loads(open(p).read()) for p in snakemake.input.metrics]

@@ -1,19 +1,20 @@
 """Snakemake adapter: one transfer baseline (head, mlp, all, merge) for one target cancer and outer fold."""
-import pandas as pd
 import torch
 
 from wsikt.cohort.bag_index import read_bag_index
 from wsikt.cohort.bags import load_patient_bags
 from wsikt.core.device import resolve_device
 from wsikt.core.logs import log_to
-from wsikt.training.experts import TrainSettings, load_expert
+from wsikt.formats.tables import read_table
+from wsikt.training.experts import load_expert
+from wsikt.training.settings import TrainSettings
 from wsikt.transfer.baselines import BaselineSettings, needs_bags, run_baseline_fold
 from wsikt.transfer.embedding_cache import expert_key_from_path
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     p, w, out = snakemake.params, snakemake.wildcards, snakemake.output
-    split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
+    split = read_table(snakemake.input.split)
     checkpoints = {expert_key_from_path(f): f for f in snakemake.input.experts}
     device = resolve_device(p.device)
     bags = None
@@ -22,7 +23,7 @@ with log_to(snakemake.log[0]):
         scales = getattr(load_expert(next(iter(checkpoints.values())), device), "scales", None)
         bags = load_patient_bags(list(split["patient_id"]), slides, feature_path, scales)
     run_baseline_fold(
-        split, snakemake.input.embeddings, w.cancer, int(w.fold), TrainSettings(model=w.model, **p.settings),
-        BaselineSettings(method=w.method, **p.baseline), out.model, out.predictions, out.metrics, device,
+        split, snakemake.input.embeddings, w.cancer, int(w.fold), TrainSettings.from_config(p.experts, model=w.model),
+        BaselineSettings.from_config(p.baselines, method=w.method), out.model, out.predictions, out.metrics, device,
         bags=bags, checkpoints=checkpoints,
     )

@@ -1,5 +1,4 @@
 """Snakemake adapter: train one cancer's expert on one fold's training patients."""
-import pandas as pd
 import torch
 
 from wsikt.cohort.bag_index import read_bag_index
@@ -7,17 +6,19 @@ from wsikt.cohort.bags import load_patient_bags
 from wsikt.core.device import resolve_device
 from wsikt.core.logs import log_to
 from wsikt.core.model_facts import model_scales
-from wsikt.training.experts import NullGate, TrainSettings, run_expert_fold
+from wsikt.formats.tables import read_table
+from wsikt.training.experts import run_expert_fold
+from wsikt.training.settings import NullGate, TrainSettings
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
-    split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"patient_id": str})
+    split = read_table(snakemake.input.split)
     slides, feature_path = read_bag_index(snakemake.input.bags)
-    settings = TrainSettings(model=snakemake.wildcards.model, **p.settings)
+    settings = TrainSettings.from_config(p.experts, model=snakemake.wildcards.model)
     scales = model_scales(settings.model, **settings.model_params)  # dsca/crossfusion read several magnifications
     bags = load_patient_bags(list(split["patient_id"]), slides, feature_path, scales)
     run_expert_fold(
         split, bags, int(snakemake.wildcards.fold), settings, snakemake.output.model,
-        snakemake.output.predictions, snakemake.output.metrics, resolve_device(p.device), NullGate(**p.gate),
+        snakemake.output.predictions, snakemake.output.metrics, resolve_device(p.device), NullGate.from_config(p.experts),
     )

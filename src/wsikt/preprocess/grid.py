@@ -17,9 +17,8 @@ import numpy as np
 
 from wsikt.core.mags import mag_name
 from wsikt.preprocess.polygon import RasterPolygon
+from wsikt.preprocess.settings import CONTOUR_FNS
 from wsikt.preprocess.tissue import TissueMask
-
-CONTOUR_FNS = ("four_pt", "four_pt_hard", "center", "basic", "none")
 
 
 def test_points(coords: np.ndarray, size: int, contour_fn: str) -> np.ndarray:

@@ -8,7 +8,7 @@ stages exclude the slide with the reason recorded (``on_error='fail'`` raises in
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -20,7 +20,6 @@ from wsikt.core.mags import mag_name
 from wsikt.formats.patches_h5 import PatchLevel, write_patch_file
 from wsikt.formats.patches_h5 import read_status as read_patch_status
 from wsikt.preprocess.grid import (
-    CONTOUR_FNS,
     Level,
     clam_grid,
     global_grid,
@@ -28,6 +27,7 @@ from wsikt.preprocess.grid import (
     qc_grid_image,
     qc_tissue_image,
 )
+from wsikt.preprocess.settings import PatchSettings
 from wsikt.preprocess.slide import ReadPlan, SlideError, open_slide, plan_read, slide_mpp
 from wsikt.preprocess.tissue import (
     TissueMask,
@@ -42,31 +42,6 @@ from wsikt.preprocess.tissue import (
 log = logging.getLogger("wsikt.preprocess.pipeline")
 
 STATUS_OK, STATUS_NO_TISSUE, STATUS_FAILED = "ok", "no_tissue", "failed"
-
-
-@dataclass(frozen=True)
-class PatchSettings:
-    """Patching settings (config keys preprocess.*)."""
-
-    target_mpp: float = 0.5
-    patch_size: int = 256
-    mpp_tolerance: float = 0.1
-    context_mpp: tuple[float, ...] = ()
-    contour_fn: str = "four_pt"
-    min_tissue_fraction: float = 0.0
-    grid: str = "global"  # 'global' (anchored at (0, 0), nests) or 'clam' (per-contour bounding box)
-    segmentation: dict = field(default_factory=dict)
-    qc_max_side: int = 1024
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "context_mpp", tuple(float(m) for m in self.context_mpp))  # JSON gives a list
-        if self.contour_fn not in CONTOUR_FNS:
-            raise ValueError(f"preprocess.contour_fn '{self.contour_fn}' must be one of {', '.join(CONTOUR_FNS)}")
-        if self.grid not in ("global", "clam"):
-            raise ValueError(f"preprocess.grid '{self.grid}' must be 'global' or 'clam'")
-        if self.grid == "clam" and self.context_mpp:
-            raise ValueError("preprocess.grid 'clam' starts a grid per contour, so levels cannot nest: "
-                             "use grid 'global' with preprocess.context_mpp")
 
 
 @dataclass

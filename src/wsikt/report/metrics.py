@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wsikt.formats.tables import read_json, read_table
 from wsikt.survival import metrics as M
 from wsikt.survival.metrics import (
     BOOT_SEED,
@@ -51,25 +52,16 @@ class FoldPredictions:
         return sorted(cols, key=lambda c: int(c[2:]))
 
 
-def read_inner_edges(model_pt: str | Path | None, n_bins: int, width_days: float = 365.0) -> np.ndarray:
-    """Inner bin edges of an expert: checkpoint key 'inner_edges', else uniform ``width_days`` bins."""
-    if model_pt is not None and Path(model_pt).exists():
-        import torch
-
-        ckpt = torch.load(model_pt, map_location="cpu", weights_only=True)
-        if "inner_edges" in ckpt:
-            return np.asarray(ckpt["inner_edges"], dtype=float)
-    return np.arange(1, n_bins, dtype=float) * width_days
-
-
 def load_fold_predictions(prediction_tsvs: list[str | Path]) -> list[FoldPredictions]:
-    """Read ``.../{cancer}/fold{k}/predictions.tsv`` with the sibling ``model.pt``'s bin edges."""
+    """Read ``.../{cancer}/fold{k}/predictions.tsv`` with the bin edges recorded in the sibling ``metrics.json``."""
     out = []
     for p in sorted(map(Path, prediction_tsvs)):
-        table = pd.read_csv(p, sep="\t", dtype={"patient_id": str})
-        n_bins = sum(c.startswith("S_") for c in table.columns)
+        table = read_table(p)
         fold = int(table["fold"].iloc[0]) if len(table) else int(p.parent.name.removeprefix("fold"))
-        edges = read_inner_edges(p.parent / "model.pt", n_bins)
+        metrics = p.parent / "metrics.json"
+        if not metrics.is_file():
+            raise FileNotFoundError(f"{metrics}: missing beside {p.name}; rerun the training job of this fold")
+        edges = np.asarray(read_json(metrics)["inner_edges"], float)
         out.append(FoldPredictions(p.parent.parent.name, fold, table, edges))
     return out
 

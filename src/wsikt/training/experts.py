@@ -10,85 +10,28 @@ there and moved to ``device`` once.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from wsikt.cohort.bags import Bag, as_patient_bag, primary_features
-from wsikt.cohort.splits import inner_folds
-from wsikt.core.io import atomic_path, write_json, write_tsv
 from wsikt.mil import Expert, build_model
 from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival
-from wsikt.survival.losses import check_loss_config, cox_ph_loss, nll_loss
-from wsikt.survival.metrics import evaluate_fold, harrell_c
+from wsikt.survival.metrics import evaluate_fold
+from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
+from wsikt.training.fit import Targets, fit
+from wsikt.training.folds import inner_cv_c, write_fold_outputs
+from wsikt.training.settings import NullGate, TrainSettings
 
 log = logging.getLogger("wsikt.training.experts")
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Expert training settings (CROPKT defaults); every field comes from config key experts.*."""
-
-    model: str = "abmil"
-    epochs: int = 20
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    patients_per_step: int = 16
-    warmup_epochs: int = 1
-    alpha: float = 0.5
-    dropout: float = 0.25
-    seed: int = 42
-    feature_norm: str = "none"  # 'standardize': z-score features with training-fold patch statistics
-    bins_kind: str = "uniform"
-    n_bins: int = 32
-    bin_width_days: float = 365.0
-    loss: str = "nll"  # 'nll' (discrete-time, T outputs) or 'cox' (one log-risk output, ≥16 patients per step)
-    model_params: dict[str, Any] = field(default_factory=dict)  # the aggregator's own hyper-parameters
-
-
-@dataclass(frozen=True)
-class NullGate:
-    """Keep a trained expert only if inner CV on its training fold shows signal (config key experts.null_gate).
-
-    Otherwise the expert becomes the null model: one survival curve (the training fold's
-    life-table) for every patient. A fit to noise is not a neutral expert: C ignores scale, so
-    its chance slope along the image's main direction ranks other cancers far from 0.5.
-    """
-
-    inner_folds: int = 0  # 0 = off: every expert keeps its trained head (CROPKT)
-    min_c: float = 0.55  # pooled out-of-fold Harrell's C the inner experts must exceed
-
-
-def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with weight decay on ≥2-D weights only (biases and norms undecayed)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
-
-
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``warmup_steps`` then cosine decay to 0 at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def new_expert(bags: Sequence[Bag], n_bins: int, settings: TrainSettings, device: torch.device) -> Expert:
     """A freshly initialised expert (seeded) with its feature normalisation fit on ``bags``."""
-    check_loss_config(settings.loss, settings.patients_per_step)
     torch.manual_seed(settings.seed)
     in_dim = primary_features(bags[0]).shape[1]
     model = build_model(settings.model, in_dim, n_bins, settings.dropout, settings.loss, **settings.model_params).to(device)
@@ -97,8 +40,6 @@ def new_expert(bags: Sequence[Bag], n_bins: int, settings: TrainSettings, device
         mean = torch.from_numpy(np.stack([m for m, _ in stats])).float().to(device)
         std = torch.from_numpy(np.stack([s for _, s in stats])).float().to(device)
         model.set_normalisation(mean, std)
-    elif settings.feature_norm != "none":
-        raise ValueError(f"experts.feature_norm '{settings.feature_norm}' must be 'none' or 'standardize'")
     return model
 
 
@@ -110,49 +51,21 @@ def feature_stats(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     return mean, np.sqrt(var)
 
 
-def step_loss(out: dict[str, torch.Tensor], bins: torch.Tensor, times: torch.Tensor | None, events: torch.Tensor, settings: TrainSettings) -> torch.Tensor:
-    """Loss of one step's batch: NLL mean over patients, or the Cox partial likelihood of the batch."""
-    if settings.loss == "cox":
-        return cox_ph_loss(out["logits"][:, 0], times, events)
-    return nll_loss(torch.sigmoid(out["logits"]), bins, events, settings.alpha)
-
-
 def train_expert(
     bags: Sequence[Bag], bins: np.ndarray, events: np.ndarray, n_bins: int, settings: TrainSettings, device: torch.device,
     times: np.ndarray | None = None,
 ) -> tuple[Expert, list[float]]:
-    """Train an aggregator; one optimiser step per ``patients_per_step`` patients in one padded, masked forward.
+    """A new expert trained by the one fit loop, each step one padded, masked forward of its patients.
 
-    Returns the model after the last epoch (no selection on any held-out data) and the mean
-    training loss per epoch. ``times`` (days) are needed by the Cox loss only.
+    Returns the model after the last epoch and the mean training loss per epoch. ``times`` (days)
+    are needed by the Cox loss only.
     """
-    if settings.loss == "cox" and times is None:
-        raise ValueError("experts.loss 'cox' needs the patients' times: pass times= to train_expert")
-    rng = np.random.default_rng(settings.seed)
     model = new_expert(bags, n_bins, settings, device)
-    opt = optimizer_for(model, settings.lr, settings.weight_decay)
-    steps_per_epoch = math.ceil(len(bags) / settings.patients_per_step)
-    sched = cosine_with_warmup(opt, settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch)
-    y = torch.as_tensor(bins, device=device)
-    e = torch.as_tensor(events, device=device)
-    t = None if times is None else torch.as_tensor(np.asarray(times, np.float64), device=device)
-    history = []
-    for _ in range(settings.epochs):
-        model.train()
-        order = rng.permutation(len(bags))
-        total = 0.0
-        for start in range(0, len(order), settings.patients_per_step):
-            idx = order[start:start + settings.patients_per_step]
-            out = model(model.collate([bags[i] for i in idx], device))
-            ti = torch.as_tensor(idx, device=device)
-            loss = step_loss(out, y[ti], None if t is None else t[ti], e[ti], settings)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        history.append(total / len(bags))
-    return model, history
+
+    def forward(idx: np.ndarray) -> tuple[torch.Tensor, None]:
+        return model(model.collate([bags[i] for i in idx], device))["logits"], None
+
+    return model, fit(model, forward, Targets(bins, events, times), settings, device)
 
 
 @torch.inference_mode()
@@ -213,32 +126,21 @@ def expert_risk(model: Expert, bags: Sequence[Bag], device: torch.device) -> np.
     return risk_from_survival(predict(model, bags, device)[0])
 
 
-def inner_cv_c(
-    split: pd.DataFrame, bags: Sequence[Bag], fold: int, settings: TrainSettings, n_inner: int, device: torch.device,
-) -> float:
-    """Harrell's C of out-of-fold risks pooled over ``n_inner`` inner experts on outer fold ``fold``'s training patients.
-
-    Inner folds are stratified like the outer ones; each inner expert fits its own time bins and is
-    trained exactly like the outer one. The risks are pooled (one C over all training patients)
-    because a small cohort's inner validation folds hold too few comparable pairs on their own.
-    The outer test fold is never read.
-    """
-    inner = inner_folds(split, fold, n_inner, settings.seed, key="experts.null_gate.inner_folds")
-    rows = split.index.get_indexer(inner.index)
-    labels = inner.to_numpy()
+def gate_c(split: pd.DataFrame, bags: Sequence[Bag], fold: int, settings: TrainSettings, n_inner: int, device: torch.device) -> float:
+    """The null gate's score: pooled inner-CV C of experts trained exactly like the outer one, each with its own bins."""
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
-    risk = np.full(len(split), np.nan)
-    for j in range(n_inner):
-        tr, va = rows[labels != j], rows[labels == j]
+
+    def fit_predict(tr: np.ndarray, va: np.ndarray) -> np.ndarray:
         try:
             edges = fit_time_bins(times[tr], events[tr], settings.bins_kind, settings.n_bins, settings.bin_width_days)
         except ValueError as exc:
-            raise ValueError(f"experts.null_gate inner fold {j} of outer fold {fold}: {exc}; "
+            raise ValueError(f"experts.null_gate inner fold of outer fold {fold}: {exc}; "
                              "or lower experts.null_gate.inner_folds (0 = off)") from None
         model, _ = train_expert([bags[i] for i in tr], assign_bins(times, edges)[tr], events[tr], len(edges) + 1,
                                 settings, device, times=times[tr])
-        risk[va] = expert_risk(model, [bags[i] for i in va], device)
-    return harrell_c(times[rows], events[rows], risk[rows])
+        return expert_risk(model, [bags[i] for i in va], device)
+
+    return inner_cv_c(split, fold, n_inner, settings.seed, fit_predict, key="experts.null_gate.inner_folds")
 
 
 def life_table_logits(bins: np.ndarray, events: np.ndarray, n_bins: int, eps: float = 1e-7) -> torch.Tensor:
@@ -254,25 +156,17 @@ def life_table_logits(bins: np.ndarray, events: np.ndarray, n_bins: int, eps: fl
     return torch.from_numpy(np.log(h) - np.log1p(-h)).float()
 
 
-def save_expert(path: str | Path, model: nn.Module, in_dim: int, n_bins: int, inner_edges: np.ndarray, settings: TrainSettings) -> None:
-    """Weights plus what is needed to rebuild and reuse the expert, written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(
-            {"state_dict": model.state_dict(), "in_dim": in_dim, "n_bins": n_bins,
-             "inner_edges": np.asarray(inner_edges).tolist(), "settings": asdict(settings)},
-            tmp,
-        )
+def save_expert(path: str | Path, model: Expert, in_dim: int, n_bins: int, inner_edges: np.ndarray, settings: TrainSettings) -> None:
+    """The expert's checkpoint (kind 'expert'), written atomically."""
+    save_checkpoint(path, "expert", model, inner_edges, settings, in_dim=in_dim, n_bins=n_bins)
 
 
 def load_expert(path: str | Path, device: torch.device) -> Expert:
     """Rebuild an expert from its checkpoint, in eval mode."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    s = ckpt["settings"]
-    model = build_model(s["model"], ckpt["in_dim"], ckpt["n_bins"], s["dropout"], s.get("loss", "nll"), **s.get("model_params", {}))
-    state = dict(ckpt["state_dict"])
-    for key in ("is_null", "null_logits"):  # checkpoints from before the null gate: a trained head
-        state.setdefault(key, getattr(model, key))
-    model.load_state_dict(state)
+    ckpt = read_checkpoint(path, device, kind="expert")
+    s = ckpt.train_settings
+    model = build_model(s.model, ckpt.meta["in_dim"], ckpt.meta["n_bins"], s.dropout, s.loss, **s.model_params)
+    model.load_state_dict(ckpt.state_dict)
     return model.to(device).eval()
 
 
@@ -304,7 +198,7 @@ def run_expert_fold(
     )
     gate_result = None
     if gate.inner_folds:
-        inner_c = inner_cv_c(split, bags, fold, settings, gate.inner_folds, device)
+        inner_c = gate_c(split, bags, fold, settings, gate.inner_folds, device)
         is_null = not inner_c > gate.min_c  # NaN (no comparable pair) is no evidence either
         if is_null:
             model.make_null(torch.zeros(1) if settings.loss == "cox" else life_table_logits(bins[train_idx], events[train_idx], n_bins))
@@ -319,43 +213,16 @@ def run_expert_fold(
     else:
         surv, _ = predict(model, bags, device)
         risk = risk_from_survival(surv)
-    preds = pd.DataFrame(
-        {"patient_id": split["patient_id"], "fold": fold, "split": np.where(train, "train", "test"),
-         "time": times, "event": events, "risk": risk}
-    )
-    preds = pd.concat([preds, pd.DataFrame(surv, columns=[f"S_{k}" for k in range(n_bins)])], axis=1)
     test = ~train
     ev = evaluate_fold(times[train], events[train], times[test], events[test], risk[test], surv[test], edges)
-    metrics = {
-        "cancer": str(split["cancer"].iloc[0]), "fold": fold, "model": settings.model, "loss": settings.loss,
-        "c_index_test": harrell_c(times[test], events[test], risk[test]),
-        "c_index_train": harrell_c(times[train], events[train], risk[train]),
+    extra = {
+        "model": settings.model, "loss": settings.loss,
         "uno_c_test": ev["uno_c"], "td_auc_test": ev["td_auc"], "ibs_test": ev["ibs"], "ibs_km_test": ev["ibs_km"],
         "eval_times": ev["eval_times"], "td_auc_per_time": ev["td_auc_per_time"], "metrics_reason": ev["reason"],
-        "n_train": int(train.sum()), "n_test": int(test.sum()), "events_test": int(events[test].sum()),
-        "loss_per_epoch": history, "settings": asdict(settings),
+        "loss_per_epoch": history, "train_settings": asdict(settings), "inner_edges": np.asarray(edges, float).tolist(),
         "null": bool(gate_result and gate_result["null"]), "null_gate": gate_result,
     }
     save_expert(out_model, model, primary_features(bags[0]).shape[1], n_bins, edges, settings)
-    write_tsv(preds, out_predictions)
-    write_json(metrics, out_metrics)
+    metrics = write_fold_outputs(split, fold, surv, extra, out_predictions, out_metrics, risk=risk)
     log.info("%s fold %d: C test %.3f, train %.3f", metrics["cancer"], fold, metrics["c_index_test"], metrics["c_index_train"])
     return metrics
-
-
-def summarise_experts(metrics: list[dict]) -> pd.DataFrame:
-    """One row per cancer: mean ± sd of test C over folds, per-fold values (experts: how many folds are null models)."""
-    df = pd.DataFrame(metrics)
-    rows = []
-    for cancer, g in df.groupby("cancer", sort=True):
-        g = g.sort_values("fold")
-        c = g["c_index_test"].astype(float)
-        rows.append(
-            {"cancer": cancer, "model": g["model"].iloc[0], "n_patients": int(g["n_train"].iloc[0] + g["n_test"].iloc[0]),
-             "n_events": int(g["events_test"].sum()), "folds": len(g),
-             "c_index_mean": float(np.nanmean(c)), "c_index_sd": float(np.nanstd(c, ddof=1)) if c.notna().sum() > 1 else float("nan"),
-             "c_index_folds": ",".join(f"{v:.4f}" for v in c)}
-        )
-        if "null" in g:  # experts (not ROUPKT): folds the null gate made the null model
-            rows[-1]["null_folds"] = int(g["null"].fillna(False).astype(bool).sum())
-    return pd.DataFrame(rows)

@@ -16,22 +16,24 @@ patients of the outer fold (stratified like the outer splits); the test fold is 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from wsikt.cohort.splits import make_splits
-from wsikt.core.io import atomic_path
 from wsikt.mil import pad_bags
 from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival, survival_curve
-from wsikt.survival.metrics import harrell_c
-from wsikt.training.experts import TrainSettings, load_expert, predict
+from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
+from wsikt.training.experts import load_expert, predict
+from wsikt.training.fit import Targets, fit
+from wsikt.training.folds import inner_cv_c, write_fold_outputs
+from wsikt.training.settings import TrainSettings
 from wsikt.transfer.embedding_cache import ExpertKey, cache_keys, read_embeddings
-from wsikt.transfer.matrix import fit_survival, positive_sources, selection_matrix, write_fold_outputs
+from wsikt.transfer.matrix import positive_sources, selection_matrix
 
 log = logging.getLogger("wsikt.transfer.baselines")
 
@@ -49,6 +51,11 @@ class BaselineSettings:
     threshold: float = 0.6
     mlp_hidden: int = 256
 
+    @classmethod
+    def from_config(cls, baselines: Mapping[str, Any], method: str) -> "BaselineSettings":
+        """From config section ``baselines`` for one of its ``methods``."""
+        return cls(method=method, **{k: v for k, v in baselines.items() if k != "methods"})
+
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"baselines method '{self.method}' must be one of {', '.join(METHODS)}")
@@ -62,13 +69,6 @@ class BaselineSettings:
 def needs_bags(method: str) -> bool:
     """Whether a method reads the target's patch features; head/mlp train on cached embeddings."""
     return method in ("all", "merge")
-
-
-def inner_folds(split: pd.DataFrame, fold: int, n_folds: int, seed: int) -> pd.Series:
-    """Inner fold (0…n_folds−1) of every training patient of outer fold ``fold``, indexed by patient_id."""
-    train = split.loc[split["fold"] != fold, ["patient_id", "time", "event"]].assign(cancer=f"training fold of outer fold {fold}")
-    inner = make_splits(train, n_folds, seed)
-    return inner.set_index("patient_id")["fold"]
 
 
 def source_pool(cache_h5: str | Path, split: pd.DataFrame, target: str, fold: int, which: str, threshold: float) -> list[str]:
@@ -123,9 +123,9 @@ def new_head(method: str, dim: int, n_bins: int, hidden: int, dropout: float) ->
 
 def source_head(checkpoint: str | Path, edges: np.ndarray) -> dict[str, torch.Tensor] | None:
     """The source expert's classifier weights when its time bins equal ``edges`` (else None: a fresh head)."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = ckpt["state_dict"]
-    if "aggregator.classifier.weight" not in state or not np.array_equal(np.asarray(ckpt.get("inner_edges", []), float), edges):
+    ckpt = read_checkpoint(checkpoint, "cpu", kind="expert")
+    state = ckpt.state_dict
+    if "aggregator.classifier.weight" not in state or not np.array_equal(ckpt.inner_edges, edges):
         return None
     if state["aggregator.classifier.weight"].shape[0] != len(edges) + 1:
         return None  # e.g. a Cox expert's single log-risk output
@@ -145,15 +145,15 @@ def fine_tune(
     """
     edges = fit_time_bins(times[train_idx], events[train_idx], train.bins_kind, train.n_bins, train.bin_width_days)
     bins = assign_bins(times, edges)[train_idx]
+    nll = replace(train, loss="nll")  # the new head has T outputs: always the discrete-time NLL
     torch.manual_seed(train.seed)
-    zero = torch.zeros((), device=device)
     init = source_head(checkpoints[source], edges) if checkpoints and method in ("head", "all") else None
     if method in ("head", "mlp"):
         x = torch.from_numpy(emb[source][train_idx]).to(device)
         module: nn.Module = new_head(method, x.shape[1], len(edges) + 1, settings.mlp_hidden, train.dropout).to(device)
         if init is not None:
             module.load_state_dict(init)
-        history = fit_survival(module, lambda i: (module(x[i]), zero), len(train_idx), bins, events[train_idx], train, device)
+        history = fit(module, lambda i: (module(x[i]), None), Targets(bins, events[train_idx]), nll, device)
     elif method == "all":
         trunk = load_expert(checkpoints[source], device)
         dim = int(predict(trunk, [bags[int(train_idx[0])]], device)[1].shape[1])
@@ -161,8 +161,8 @@ def fine_tune(
         if init is not None:
             module.head.load_state_dict(init)
         chosen = [bags[int(i)] for i in train_idx]
-        history = fit_survival(module, lambda i: (module(*module.collate([chosen[j] for j in i], device))["logits"], zero),
-                               len(train_idx), bins, events[train_idx], train, device)
+        history = fit(module, lambda i: (module(*module.collate([chosen[j] for j in i], device))["logits"], None),
+                      Targets(bins, events[train_idx]), nll, device)
     else:
         raise ValueError(f"fine_tune has no method '{method}'; merge is training-free (use merge_experts)")
     return module.eval(), edges, history
@@ -182,25 +182,19 @@ def choose_source(
     method: str, sources: list[str], split: pd.DataFrame, fold: int, train: TrainSettings, settings: BaselineSettings,
     device: torch.device, **data,
 ) -> tuple[str, dict[str, float]]:
-    """The source whose fine-tuned model has the best mean inner-CV C on the outer fold's training patients.
+    """The source whose fine-tuned model has the best pooled inner-CV C on the outer fold's training patients.
 
     Only training patients (and their labels) are read; ties and all-NaN scores go to the first
     source by name.
     """
-    inner = inner_folds(split, fold, settings.inner_folds, train.seed)
-    pos = {p: i for i, p in enumerate(split["patient_id"].astype(str))}
-    rows = np.array([pos[p] for p in inner.index.astype(str)])
-    labels = inner.to_numpy()
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
     scores = {}
     for s in sources:
-        cs = []
-        for j in range(settings.inner_folds):
-            tr, va = rows[labels != j], rows[labels == j]
+        def fit_predict(tr: np.ndarray, va: np.ndarray, s: str = s) -> np.ndarray:
             module, _, _ = fine_tune(method, (s, fold), tr, times, events, train, settings, device, **data)
-            risk = risk_from_survival(predict_baseline(method, module, (s, fold), va, device, data.get("emb"), data.get("bags")))
-            cs.append(harrell_c(times[va], events[va], risk))
-        scores[s] = float(np.nanmean(cs)) if np.isfinite(cs).any() else float("nan")
+            return risk_from_survival(predict_baseline(method, module, (s, fold), va, device, data.get("emb"), data.get("bags")))
+
+        scores[s] = inner_cv_c(split, fold, settings.inner_folds, train.seed, fit_predict, key="baselines.inner_folds")
     ranked = sorted(sources, key=lambda s: (-(scores[s] if np.isfinite(scores[s]) else -np.inf), s))
     return ranked[0], scores
 
@@ -246,7 +240,7 @@ def run_baseline_fold(
         module = merge_experts([checkpoints[(s, fold)] for s in merged], device)
         surv = predict(module, bags, device)[0]
         extra["merged_sources"] = merged
-        payload = {"state_dict": module.state_dict(), "merged": [f"{s}/fold{fold}" for s in merged]}
+        edges, meta = None, {"merged": [f"{s}/fold{fold}" for s in merged]}
     else:
         sources = source_pool(cache_h5, split, target, fold, settings.candidates, settings.threshold)
         data = {"bags": bags, "checkpoints": checkpoints}
@@ -257,9 +251,9 @@ def run_baseline_fold(
                                            train, settings, device, **data)
         surv = predict_baseline(settings.method, module, (chosen, fold), every, device, data.get("emb"), data.get("bags"))
         extra.update(source=chosen, source_expert=f"{chosen}/fold{fold}", inner_c_index=scores, loss_per_epoch=history)
-        payload = {"state_dict": module.state_dict(), "source": f"{chosen}/fold{fold}", "inner_edges": edges.tolist()}
-    with atomic_path(out_model) as tmp:
-        torch.save({**payload, "method": settings.method, "settings": asdict(settings), "train_settings": asdict(train)}, tmp)
-    metrics = write_fold_outputs(split, fold, surv, extra, train, out_predictions, out_metrics)
+        meta = {"source": f"{chosen}/fold{fold}"}
+    save_checkpoint(out_model, "baseline", module, edges, train, asdict(settings), method=settings.method, **meta)
+    extra["train_settings"] = asdict(train)
+    metrics = write_fold_outputs(split, fold, surv, extra, out_predictions, out_metrics)
     log.info("baseline %s %s fold %d: C test %.3f", settings.method, target, fold, metrics["c_index_test"])
     return metrics

@@ -1,4 +1,4 @@
-"""Cross-cancer transfer: the zero-shot matrix, training-only source selection, and the shared fit loop.
+"""Cross-cancer transfer: the zero-shot matrix and the training-only source selection.
 
 Zero-shot: every source expert, unchanged, ranks every target's test patients (risks come from
 the embedding cache, written in the same forward pass). Selection for ROUPKT and the baselines
@@ -7,21 +7,13 @@ uses the same experts' C on the target's *training* patients of an outer fold on
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-from wsikt.core.io import write_json, write_tsv
-from wsikt.survival.bins import risk_from_survival
-from wsikt.survival.losses import nll_loss
 from wsikt.survival.metrics import harrell_c
-from wsikt.training.experts import TrainSettings, cosine_with_warmup, optimizer_for
 from wsikt.transfer.embedding_cache import ExpertKey, read_risks
 
 POSITIVE_THRESHOLDS = (0.5, 0.6)
@@ -105,62 +97,3 @@ def selection_matrix(cache_h5: str | Path, split: pd.DataFrame, target: str, fol
     rows = [{"source": s, "source_fold": int(k), "target": target, "target_fold": int(fold),
              "c_index": harrell_c(times, events, r)} for (s, k), r in sorted(risks.items()) if s != target]
     return transfer_matrix(pd.DataFrame(rows, columns=["source", "source_fold", "target", "target_fold", "c_index"]))
-
-
-# --- shared supervised fit for transfer models (ROUPKT, fine-tuning baselines) ----------------------------
-
-BatchForward = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
-
-
-def fit_survival(
-    module: nn.Module, forward: BatchForward, n: int, bins: np.ndarray, events: np.ndarray, settings: TrainSettings, device: torch.device
-) -> list[float]:
-    """Train ``module`` like an expert: NLL(α) + auxiliary loss, AdamW (wd on ≥2-D), warmup + cosine, last epoch kept.
-
-    ``forward(idx)`` returns (logits (B, T), auxiliary loss scalar) for the patients ``idx``; one
-    optimiser step per ``settings.patients_per_step`` patients. Returns the mean loss per epoch.
-    """
-    rng = np.random.default_rng(settings.seed)
-    opt = optimizer_for(module, settings.lr, settings.weight_decay)
-    steps = math.ceil(n / settings.patients_per_step)
-    sched = cosine_with_warmup(opt, settings.warmup_epochs * steps, settings.epochs * steps)
-    y, e = torch.as_tensor(bins, device=device), torch.as_tensor(events, device=device)
-    history = []
-    for _ in range(settings.epochs):
-        module.train()
-        order, total = rng.permutation(n), 0.0
-        for start in range(0, n, settings.patients_per_step):
-            idx = order[start:start + settings.patients_per_step]
-            logits, aux = forward(idx)
-            loss = nll_loss(torch.sigmoid(logits), y[idx], e[idx], settings.alpha) + aux
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        history.append(total / n)
-    return history
-
-
-def write_fold_outputs(
-    split: pd.DataFrame, fold: int, surv: np.ndarray, metrics: dict, settings: TrainSettings,
-    out_predictions: str | Path, out_metrics: str | Path,
-) -> dict:
-    """Predictions TSV (the experts' columns) and metrics JSON (test and train C) for one outer fold."""
-    train = (split["fold"] != fold).to_numpy()
-    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
-    risk = risk_from_survival(surv)
-    preds = pd.DataFrame({"patient_id": split["patient_id"].to_numpy(), "fold": fold, "split": np.where(train, "train", "test"),
-                          "time": times, "event": events, "risk": risk})
-    preds = pd.concat([preds, pd.DataFrame(surv, columns=[f"S_{k}" for k in range(surv.shape[1])])], axis=1)
-    test = ~train
-    metrics = {
-        "cancer": str(split["cancer"].iloc[0]) if "cancer" in split else "", "fold": fold,
-        "c_index_test": harrell_c(times[test], events[test], risk[test]),
-        "c_index_train": harrell_c(times[train], events[train], risk[train]),
-        "n_train": int(train.sum()), "n_test": int(test.sum()), "events_test": int(events[test].sum()),
-        "train_settings": asdict(settings), **metrics,
-    }
-    write_tsv(preds, out_predictions)
-    write_json(metrics, out_metrics)
-    return metrics

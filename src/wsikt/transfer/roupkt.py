@@ -26,20 +26,24 @@ probability (discourages confident routing, not imbalance). z-loss = mean logsum
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from wsikt.core.io import atomic_path, write_tsv
+from wsikt.core.io import write_tsv
 from wsikt.mil import ABMIL, pad_bags
 from wsikt.survival.bins import assign_bins, fit_time_bins, survival_curve
-from wsikt.training.experts import TrainSettings
+from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
+from wsikt.training.fit import Targets, fit
+from wsikt.training.folds import write_fold_outputs
+from wsikt.training.settings import TrainSettings
 from wsikt.transfer.embedding_cache import ExpertKey, cache_keys, key_name, stack_embeddings
-from wsikt.transfer.matrix import fit_survival, positive_sources, selection_matrix, write_fold_outputs
+from wsikt.transfer.matrix import positive_sources, selection_matrix
 
 log = logging.getLogger("wsikt.transfer.roupkt")
 
@@ -55,6 +59,11 @@ class RoupktSettings:
     balance: str = "switch"  # 'switch': E·Σ f_e·P_e (f_e = top-1 share); 'top1': mean top-1 probability
     balance_weight: float = 0.01
     z_weight: float = 0.01
+
+    @classmethod
+    def from_config(cls, roupkt: Mapping[str, Any]) -> "RoupktSettings":
+        """From config section ``roupkt`` (its ``targets`` list picks the jobs, not the model)."""
+        return cls(**{k: v for k, v in roupkt.items() if k != "targets"})
 
     def __post_init__(self) -> None:
         if self.topk < 1:
@@ -144,6 +153,11 @@ def roupkt_experts(cache_h5: str | Path, split: pd.DataFrame, target: str, fold:
     return [(target, fold), *others]
 
 
+def _nll(train: TrainSettings) -> TrainSettings:
+    """ROUPKT is always fit with the discrete-time NLL (experts.alpha), whatever loss the experts used."""
+    return replace(train, loss="nll") if train.loss != "nll" else train
+
+
 def train_roupkt(
     bags: list[np.ndarray], emb: np.ndarray, bins: np.ndarray, events: np.ndarray, n_bins: int,
     train: TrainSettings, settings: RoupktSettings, device: torch.device,
@@ -160,8 +174,6 @@ def train_roupkt(
         patches = torch.from_numpy(np.concatenate(bags)).double()
         model.router.feature_mean.copy_(patches.mean(0).float())
         model.router.feature_std.copy_(patches.std(0).float().clamp(min=1e-6))
-    elif train.feature_norm != "none":
-        raise ValueError(f"experts.feature_norm '{train.feature_norm}' must be 'none' or 'standardize'")
     tensors = [torch.from_numpy(b) for b in bags]  # bags stay on the host; each step's batch moves once
     emb_t = torch.from_numpy(emb)
 
@@ -171,7 +183,7 @@ def train_roupkt(
         aux = settings.balance_weight * balance_loss(out["probs"], settings.balance) + settings.z_weight * z_loss(out["router_logits"])
         return out["logits"], aux
 
-    return model, fit_survival(model, forward, len(bags), bins, events, train, device)
+    return model, fit(model, forward, Targets(bins, events), _nll(train), device)
 
 
 @torch.inference_mode()
@@ -225,15 +237,15 @@ def run_roupkt_fold(
     test = routes["split"] == "test"
     usage = {n: {"mean_weight_test": float(np.where(pred["topk_idx"][test.to_numpy()] == e, pred["topk_weight"][test.to_numpy()], 0).sum(1).mean()),
                  "top1_share_test": float((routes.loc[test, "expert_1"] == n).mean())} for e, n in enumerate(names)}
-    with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": model.state_dict(), "experts": names, "in_dim": primary(bags[0]).shape[1], "n_bins": len(edges) + 1,
-                    "inner_edges": edges.tolist(), "settings": asdict(settings), "train_settings": asdict(train)}, tmp)
+    save_checkpoint(out_model, "roupkt", model, edges, train, asdict(settings), experts=names,
+                    in_dim=primary(bags[0]).shape[1], n_bins=len(edges) + 1)
     write_tsv(routes, out_router)
     metrics = write_fold_outputs(
         split, fold, pred["surv"], {"model": "roupkt", "target": target, "experts": names, "self_expert": names[0],
                                     "topk_effective": int(pred["topk_idx"].shape[1]), "router_usage": usage,
-                                    "loss_per_epoch": history, "settings": asdict(settings)},
-        train, out_predictions, out_metrics,
+                                    "loss_per_epoch": history, "settings": asdict(settings), "train_settings": asdict(train),
+                                    "inner_edges": edges.tolist()},
+        out_predictions, out_metrics,
     )
     log.info("ROUPKT %s fold %d (%d experts): C test %.3f", target, fold, len(names), metrics["c_index_test"])
     return metrics
@@ -241,9 +253,9 @@ def run_roupkt_fold(
 
 def load_roupkt(path: str | Path, device: torch.device) -> tuple[ROUPKT, list[str]]:
     """Rebuild a saved ROUPKT model (eval mode) and the names of its E experts, in router order."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    state = ckpt["state_dict"]
-    model = ROUPKT(ckpt["in_dim"], len(ckpt["experts"]), ckpt["n_bins"], ckpt["settings"]["topk"],
-                   int(state["head.weight"].shape[1]), ckpt["train_settings"]["dropout"])
-    model.load_state_dict(state)
-    return model.to(device).eval(), list(ckpt["experts"])
+    ckpt = read_checkpoint(path, device, kind="roupkt")
+    meta = ckpt.meta
+    model = ROUPKT(meta["in_dim"], len(meta["experts"]), meta["n_bins"], ckpt.settings["topk"],
+                   int(ckpt.state_dict["head.weight"].shape[1]), ckpt.train_settings.dropout)
+    model.load_state_dict(ckpt.state_dict)
+    return model.to(device).eval(), list(meta["experts"])

@@ -1,0 +1,44 @@
+"""Patching settings from config section ``preprocess``; torch- and OpenCV-free, so the workflow can parse it cheaply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+CONTOUR_FNS = ("four_pt", "four_pt_hard", "center", "basic", "none")
+
+
+def patch_params(preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of config section ``preprocess`` that shape a slide's patches (a rule's params: change → rerun)."""
+    names = {f.name for f in fields(PatchSettings)}
+    return {k: v for k, v in preprocess.items() if k in names}
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """Patching settings (config keys preprocess.*)."""
+
+    target_mpp: float = 0.5
+    patch_size: int = 256
+    mpp_tolerance: float = 0.1
+    context_mpp: tuple[float, ...] = ()
+    contour_fn: str = "four_pt"
+    min_tissue_fraction: float = 0.0
+    grid: str = "global"  # 'global' (anchored at (0, 0), nests) or 'clam' (per-contour bounding box)
+    segmentation: dict = field(default_factory=dict)
+    qc_max_side: int = 1024
+
+    @classmethod
+    def from_config(cls, preprocess: Mapping[str, Any]) -> "PatchSettings":
+        """From config section ``preprocess`` (keys that do not shape the patches, such as on_error, are ignored)."""
+        return cls(**patch_params(preprocess))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context_mpp", tuple(float(m) for m in self.context_mpp))  # JSON gives a list
+        if self.contour_fn not in CONTOUR_FNS:
+            raise ValueError(f"preprocess.contour_fn '{self.contour_fn}' must be one of {', '.join(CONTOUR_FNS)}")
+        if self.grid not in ("global", "clam"):
+            raise ValueError(f"preprocess.grid '{self.grid}' must be 'global' or 'clam'")
+        if self.grid == "clam" and self.context_mpp:
+            raise ValueError("preprocess.grid 'clam' starts a grid per contour, so levels cannot nest: "
+                             "use grid 'global' with preprocess.context_mpp")

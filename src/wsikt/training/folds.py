@@ -1,0 +1,64 @@
+"""Per-fold plumbing shared by every trained model: the nested-CV score and the fold's output files.
+
+Predictions TSV (``formats.tables``): patient_id, fold, split (train/test), time, event, risk and
+the survival curve S_0…S_{T−1}. Metrics JSON: cancer, fold, test and train Harrell's C, counts,
+then the model's own fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from wsikt.cohort.splits import inner_folds
+from wsikt.core.io import write_json, write_tsv
+from wsikt.survival.bins import risk_from_survival
+from wsikt.survival.metrics import harrell_c
+
+# fit_predict(train rows, validation rows) → risk of the validation rows (higher = shorter survival)
+FitPredict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def inner_cv_c(split: pd.DataFrame, fold: int, n_inner: int, seed: int, fit_predict: FitPredict, key: str) -> float:
+    """Harrell's C of out-of-fold risks pooled over ``n_inner`` inner folds of outer fold ``fold``'s training patients.
+
+    Inner folds are stratified like the outer ones. The risks are pooled (one C over all training
+    patients) because a small cohort's inner validation folds hold too few comparable pairs on
+    their own. The outer test fold is never read. ``key`` is the config key of ``n_inner``.
+    """
+    inner = inner_folds(split, fold, n_inner, seed, key=key)
+    rows = split.index.get_indexer(inner.index)
+    labels = inner.to_numpy()
+    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
+    risk = np.full(len(split), np.nan)
+    for j in range(n_inner):
+        tr, va = rows[labels != j], rows[labels == j]
+        risk[va] = fit_predict(tr, va)
+    return harrell_c(times[rows], events[rows], risk[rows])
+
+
+def write_fold_outputs(
+    split: pd.DataFrame, fold: int, surv: np.ndarray, extra: dict[str, Any], out_predictions: str | Path,
+    out_metrics: str | Path, risk: np.ndarray | None = None,
+) -> dict:
+    """Write one outer fold's predictions TSV and metrics JSON; ``risk`` defaults to −Σ S_t."""
+    train = (split["fold"] != fold).to_numpy()
+    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
+    risk = risk_from_survival(surv) if risk is None else np.asarray(risk, float)
+    preds = pd.DataFrame({"patient_id": split["patient_id"].to_numpy(), "fold": fold, "split": np.where(train, "train", "test"),
+                          "time": times, "event": events, "risk": risk})
+    preds = pd.concat([preds, pd.DataFrame(surv, columns=[f"S_{k}" for k in range(surv.shape[1])])], axis=1)
+    test = ~train
+    metrics = {
+        "cancer": str(split["cancer"].iloc[0]) if "cancer" in split else "", "fold": fold,
+        "c_index_test": harrell_c(times[test], events[test], risk[test]),
+        "c_index_train": harrell_c(times[train], events[train], risk[train]),
+        "n_train": int(train.sum()), "n_test": int(test.sum()), "events_test": int(events[test].sum()),
+        **extra,
+    }
+    write_tsv(preds, out_predictions)
+    write_json(metrics, out_metrics)
+    return metrics
