@@ -15,7 +15,9 @@ import requests
 sys.path.insert(0, str(Path(__file__).parent))
 from gdc_server import FakeGDC  # noqa: E402
 
-from wsikt.acquire.gdc import GDCAccessError, GDCError, download_file, query_slides, read_token, safe_file_name  # noqa: E402
+from wsikt.acquire.gdc import GDCAccessError, GDCError, read_token, safe_file_name  # noqa: E402
+from wsikt.acquire.gdc_download import download_file  # noqa: E402
+from wsikt.acquire.gdc_query import query_slides  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,6 +100,43 @@ def test_query_server_returning_fewer_hits_than_total_raises(gdc: FakeGDC) -> No
     with pytest.raises(GDCError, match="promised 17 hits but stopped at 4"):
         query_slides(gdc.url, ["TCGA-BRCA", "TCGA-LUAD"], page_size=4, timeout=5.0)
     assert len(gdc.files_bodies) == 2
+
+
+def test_query_retries_transient_5xx_429_and_hangups(gdc: FakeGDC) -> None:
+    """A 500 on /status, and a 503, a hang-up and a 429 (Retry-After 1) on /files are retried; the same page is asked again."""
+    gdc.faults["/status"] = ["500"]
+    gdc.faults["/files"] = ["503", "hangup", "429"]
+    t0 = time.monotonic()
+    df, release = query_slides(gdc.url, ["TCGA-BRCA", "TCGA-LUAD"], page_size=4, **FAST)
+    elapsed = time.monotonic() - t0
+    assert release == gdc.release and gdc.status_requests == 2
+    assert len(df) == N_BRCA + N_LUAD and df["file_id"].is_unique
+    assert [b["from"] for b in gdc.files_bodies] == [0, 0, 0, 0, 4, 8, 12, 16]  # page 0 asked 4 times
+    assert not gdc.faults["/status"] and not gdc.faults["/files"]
+    assert elapsed >= 0.9  # Retry-After: 1 honoured, not the 0.01 s backoff
+
+
+def test_query_retry_after_is_capped(gdc: FakeGDC) -> None:
+    gdc.faults["/files"] = ["429:3600"]
+    t0 = time.monotonic()
+    df, _ = query_slides(gdc.url, ["TCGA-COAD"], backoff_s=0.01, max_wait_s=0.2, timeout=5.0)
+    assert len(df) == N_COAD and time.monotonic() - t0 < 5
+
+
+def test_query_gives_up_after_max_retries_with_one_line(gdc: FakeGDC) -> None:
+    gdc.faults["/files"] = ["500"] * 3
+    with pytest.raises(GDCError) as info:
+        query_slides(gdc.url, ["TCGA-COAD"], max_retries=2, **FAST)
+    msg = str(info.value)
+    assert "/files: HTTP 500 from GDC, still after the retries" in msg and "gdc.max_retries" in msg and "\n" not in msg
+    assert len(gdc.files_bodies) == 3 and not gdc.faults["/files"]
+
+
+def test_query_does_not_retry_a_client_error(gdc: FakeGDC) -> None:
+    gdc.faults["/status"] = ["400", "400"]
+    with pytest.raises(GDCError, match="/status: HTTP 400 from GDC; check the base URL"):
+        query_slides(gdc.url, ["TCGA-COAD"], **FAST)
+    assert gdc.status_requests == 1
 
 
 # -------------------------------------------------------------------------------------------- download

@@ -39,6 +39,7 @@ if not config["demo"]["enabled"] and config["gdc"]["projects"]:
             base_url=config["gdc"]["base_url"],
             slide_dir=config["gdc"]["slide_dir"],
             page_size=config["gdc"]["page_size"],
+            max_retries=config["gdc"]["max_retries"],
         script:
             "../scripts/query_gdc.py"
 
