@@ -158,7 +158,8 @@ def test_downloaded_slides_on_disk_stay_bounded(tmp_path, fixture_slides):
         def watch() -> None:
             while not stop.is_set():
                 if slide_dir.exists():
-                    peak[0] = max(peak[0], sum(1 for p in slide_dir.iterdir() if ".svs" in p.name))
+                    peak[0] = max(peak[0], sum(1 for p in slide_dir.iterdir()
+                                               if ".svs" in p.name and not p.name.endswith(".lock")))
                 time.sleep(0.01)
 
         watcher = threading.Thread(target=watch, daemon=True)

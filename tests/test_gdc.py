@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -49,6 +53,8 @@ def gdc(tmp_path_factory) -> FakeGDC:
     tif = tmp_path_factory.mktemp("gdc_tiff") / "real.svs"
     write_pyramid_tiff(tif, rgb, mpp=0.5, aperio=True)
     srv.add_file("tiff-real", "TCGA-DL-9999-01Z-00-DX1.svs", "TCGA-DL", "TCGA-DL-9999", data=tif.read_bytes())
+    race = rng.integers(0, 256, size=6 << 20, dtype=np.uint8).tobytes()  # 6 write buffers
+    srv.add_file("race-00", "TCGA-DL-8888-01Z-00-DX1.svs", "TCGA-DL", "TCGA-DL-8888", data=race)
     srv.thread.start()
     yield srv
     srv.shutdown()
@@ -308,6 +314,80 @@ def test_missing_file_is_not_retried(gdc: FakeGDC, tmp_path: Path) -> None:
 def test_unsafe_file_id_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a GDC file id"):
         download_file("http://127.0.0.1:9", "../status", tmp_path / "x.svs", "0" * 32, 10, **FAST)
+
+
+DOWNLOADER = textwrap.dedent("""
+    import json, logging, sys
+    from wsikt.acquire.gdc_download import download_file
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    url, file_id, dest, md5, size = sys.argv[1:]
+    print(json.dumps(download_file(url, file_id, dest, md5, int(size), backoff_s=0.05, timeout=10.0)))
+""")
+
+
+def test_two_processes_downloading_one_slide_never_corrupt_it(gdc: FakeGDC, tmp_path: Path) -> None:
+    """Two real processes download the same slide into one folder (the second starts mid-download): the second
+    waits for the first's lock and finds the file complete; the file is right and downloaded once."""
+    data, md5, size = _meta(gdc, "race-00")
+    gdc.modes["race-00"].add("slow")  # ~3 s per download, so the two overlap
+    dest = tmp_path / "slides" / "TCGA-DL-8888-01Z-00-DX1.svs"
+    partial = dest.with_name(dest.name + ".partial")
+    cmd = [sys.executable, "-c", DOWNLOADER, gdc.url, "race-00", str(dest), md5, str(size)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (partial.exists() and partial.stat().st_size > 0):  # the first has written its first buffer
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.005)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (out1, err1), (out2, err2) = first.communicate(timeout=50), second.communicate(timeout=50)
+    assert first.returncode == 0, err1[-2000:]
+    assert second.returncode == 0, err2[-2000:]
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == md5 and dest.stat().st_size == size
+    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # no .partial, no .lock left
+    one, two = json.loads(out1), json.loads(out2)
+    assert one["bytes_transferred"] == size and one["attempts"] == 1
+    assert "waiting for it" in err2 and two["bytes_transferred"] == 0 and two["attempts"] == 0
+    assert gdc.bytes_sent["race-00"] == size and len(gdc.data_requests["race-00"]) == 1
+
+
+def test_dest_changed_after_rename_is_caught_and_downloaded_again(gdc: FakeGDC, tmp_path: Path, monkeypatch) -> None:
+    """A writer that ignores the lock appends to the file right after the rename (the reported corruption):
+    the re-verification after the rename catches it instead of reporting success."""
+    data, md5, size = _meta(gdc, "blob-08")
+    dest = tmp_path / "x.svs"
+    real_replace = os.replace
+    strays = []
+
+    def replace_then_append(src, dst):
+        real_replace(src, dst)
+        if not strays:  # once: the other process's buffered bytes land on the renamed file
+            strays.append(dst)
+            with open(dst, "ab") as fh:
+                fh.write(data[:1000])
+
+    monkeypatch.setattr(os, "replace", replace_then_append)
+    out = download_file(gdc.url, "blob-08", dest, md5, size, **FAST)
+    assert strays == [dest]
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == md5
+    assert out["attempts"] == 2 and len(gdc.data_requests["blob-08"]) == 2
+
+
+def test_verified_bytes_are_flushed_before_the_rename(gdc: FakeGDC, tmp_path: Path, monkeypatch) -> None:
+    """The verified partial is fsynced before it is renamed onto dest, and the folder after: a crash right
+    after the rename cannot leave a short file that looks complete."""
+    data, md5, size = _meta(gdc, "blob-09")
+    dest = tmp_path / "x.svs"
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b))[1])
+    download_file(gdc.url, "blob-09", dest, md5, size, **FAST)
+    partial = str(dest.with_name("x.svs.partial"))
+    assert ("fsync", partial) in events and ("replace", partial) in events
+    assert events.index(("fsync", partial)) < events.index(("replace", partial))
+    assert events.index(("fsync", str(tmp_path))) > events.index(("replace", partial))
+    assert dest.read_bytes() == data
 
 
 # ------------------------------------------------------------------------------------- names and tokens

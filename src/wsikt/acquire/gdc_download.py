@@ -1,12 +1,17 @@
-"""Download one GDC file resumably and verified.
+"""Download one GDC file resumably and verified, under an exclusive lock so two downloaders never share a file.
 
 Downloads stream to ``<dest>.partial``, resume with HTTP ``Range``, retry with exponential backoff
-(honouring ``Retry-After``), verify size and md5, and only then rename atomically onto ``dest``:
-a file at ``dest`` is always complete and verified.
+(honouring ``Retry-After``), verify size and md5, flush the verified bytes to disk, rename atomically
+onto ``dest`` and verify ``dest`` again: a file at ``dest`` is always complete and verified. The
+whole download holds ``fcntl.flock`` on ``<dest>.lock``, so a second downloader of the same file
+(two working directories sharing a slide folder, a job left running by a killed Snakemake) waits
+and then finds the file complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -36,9 +41,84 @@ class _Retryable(Exception):
         self.wait_s = wait_s
 
 
+def lock_path(dest: str | os.PathLike) -> Path:
+    """The lock file of a download: ``<dest>.lock`` next to the target (removed when the download ends)."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".lock")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True if ``path`` still names the file open as ``fd`` (a holder removes its lock file before unlocking)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block, waiting for another holder; remove it at the end.
+
+    The holder unlinks the lock file while still holding it; a waiter that then gets the lock on the
+    unlinked file sees it is stale and locks the new one, so two processes never both hold it.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("%s: another process is downloading it (%s is locked); waiting for it", what, path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise GDCError(f"{path}: cannot lock it ({exc.strerror}); put the folder on a file system with file locks") from None
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's) data to disk, so a crash after the rename cannot leave a short file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _verified(path: Path, md5: str, size: int) -> bool:
     """True if ``path`` has exactly ``size`` bytes and the expected md5."""
     return path.is_file() and path.stat().st_size == size and md5_file(path) == md5
+
+
+def _publish(partial: Path, dest: Path, md5: str, size: int) -> None:
+    """Verify ``partial``, flush it to disk, rename it onto ``dest`` and verify ``dest`` again.
+
+    A wrong md5 deletes the partial; a ``dest`` that no longer verifies after the rename (a writer
+    that ignored the lock) is deleted. Both are retried as a failed attempt.
+    """
+    if partial.stat().st_size != size:  # pragma: no cover - _attempt raises on a short or long body
+        raise _Retryable(f"size {partial.stat().st_size} != expected {size}")
+    got = md5_file(partial)
+    if got != md5:
+        partial.unlink()
+        raise _Retryable(f"md5 mismatch (got {got}, expected {md5}); partial deleted")
+    _fsync(partial)
+    os.replace(partial, dest)
+    _fsync(dest.parent)
+    if not _verified(dest, md5, size):
+        dest.unlink(missing_ok=True)
+        raise _Retryable(f"{dest.name} changed after the rename (another writer ignored {lock_path(dest).name}); deleted")
 
 
 def download_file(
@@ -58,13 +138,14 @@ def download_file(
 ) -> dict[str, Any]:
     """Download one GDC file to ``dest`` resumably and verified; returns bytes_transferred, resumed, attempts.
 
-    Streams to ``<dest>.partial`` and resumes it with ``Range: bytes=N-``; a 200 answer to a range
-    request restarts from 0. Connection errors, truncated bodies, 5xx and 429 are retried up to
+    Holds an exclusive lock on ``<dest>.lock`` throughout (a second caller waits, then finds ``dest``
+    complete). Streams to ``<dest>.partial`` and resumes it with ``Range: bytes=N-``; a 200 answer to a
+    range request restarts from 0. Connection errors, truncated bodies, 5xx and 429 are retried up to
     ``max_retries`` times (so at most ``max_retries + 1`` attempts) with backoff ``backoff_s * 2**k``
     or the server's ``Retry-After``, both capped at ``max_wait_s``. An md5 mismatch deletes the
-    partial and counts as an attempt. 401/403/404 are not retried. ``chunk`` is the write buffer;
-    network reads are at most 64 KiB so a cut body loses little. ``progress(done, size)`` is called
-    after each read.
+    partial and counts as an attempt. 401/403/404 are not retried. ``chunk`` is the write buffer (a
+    killed process loses at most that much progress); network reads are at most 64 KiB so a cut body
+    loses little. ``progress(done, size)`` is called after each read.
     """
     dest = Path(dest)
     md5 = md5.lower()
@@ -72,43 +153,37 @@ def download_file(
         raise ValueError(f"file_id {file_id!r} is not a GDC file id (letters, digits, '-', '.', '_'); check the sample sheet")
     if size < 0:
         raise ValueError(f"{file_id}: size={size} must be >= 0; check the sample sheet")
-    summary: dict[str, Any] = {"file_id": file_id, "bytes_transferred": 0, "resumed": False, "attempts": 0}
-    if dest.exists():
-        if _verified(dest, md5, size):
-            logger.info("%s: %s already complete, skipping", file_id, dest)
-            return summary
-        logger.warning("%s: %s exists but has the wrong size or md5; downloading it again", file_id, dest)
-        dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    url = f"{base_url.rstrip('/')}/data/{file_id}"
-    session = session or requests.Session()
-    base_headers = {"X-Auth-Token": token} if token else {}
-    last = ""
-    while True:
-        summary["attempts"] += 1
-        try:
-            _attempt(session, url, file_id, partial, size, base_headers, chunk, progress, summary, timeout)
-            if partial.stat().st_size != size:  # pragma: no cover - _attempt raises on a short body
-                raise _Retryable(f"size {partial.stat().st_size} != expected {size}")
-            got = md5_file(partial)
-            if got != md5:
-                partial.unlink()
-                raise _Retryable(f"md5 mismatch (got {got}, expected {md5}); partial deleted")
-            os.replace(partial, dest)
-            logger.info("%s: downloaded %s (%d bytes, %d attempt(s))", file_id, dest, size, summary["attempts"])
-            return summary
-        except _Retryable as exc:
-            last = redact(exc.reason, token)
-            if summary["attempts"] > max_retries:
-                raise GDCError(
-                    f"{file_id}: download to {dest} failed after {summary['attempts']} attempt(s); last error: {last}. "
-                    "Rerun later (a .partial is resumed) or check the GDC status page"
-                ) from None
-            wait = exc.wait_s if exc.wait_s is not None else backoff_s * 2 ** (summary["attempts"] - 1)
-            wait = min(max(wait, 0.0), max_wait_s)
-            logger.warning("%s: attempt %d failed (%s); retrying in %.2f s", file_id, summary["attempts"], last, wait)
-            time.sleep(wait)
+    summary: dict[str, Any] = {"file_id": file_id, "bytes_transferred": 0, "resumed": False, "attempts": 0}
+    with exclusive_lock(lock_path(dest), file_id):
+        if dest.exists():
+            if _verified(dest, md5, size):
+                logger.info("%s: %s already complete, skipping", file_id, dest)
+                return summary
+            logger.warning("%s: %s exists but has the wrong size or md5; downloading it again", file_id, dest)
+            dest.unlink()
+        partial = dest.with_name(dest.name + ".partial")
+        url = f"{base_url.rstrip('/')}/data/{file_id}"
+        session = session or requests.Session()
+        base_headers = {"X-Auth-Token": token} if token else {}
+        while True:
+            summary["attempts"] += 1
+            try:
+                _attempt(session, url, file_id, partial, size, base_headers, chunk, progress, summary, timeout)
+                _publish(partial, dest, md5, size)
+                logger.info("%s: downloaded %s (%d bytes, %d attempt(s))", file_id, dest, size, summary["attempts"])
+                return summary
+            except _Retryable as exc:
+                last = redact(exc.reason, token)
+                if summary["attempts"] > max_retries:
+                    raise GDCError(
+                        f"{file_id}: download to {dest} failed after {summary['attempts']} attempt(s); last error: {last}. "
+                        "Rerun later (a .partial is resumed) or check the GDC status page"
+                    ) from None
+                wait = exc.wait_s if exc.wait_s is not None else backoff_s * 2 ** (summary["attempts"] - 1)
+                wait = min(max(wait, 0.0), max_wait_s)
+                logger.warning("%s: attempt %d failed (%s); retrying in %.2f s", file_id, summary["attempts"], last, wait)
+                time.sleep(wait)
 
 
 def _body_blocks(resp: requests.Response, amt: int) -> Iterator[bytes]:
