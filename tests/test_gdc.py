@@ -22,6 +22,7 @@ from gdc_server import FakeGDC  # noqa: E402
 from wsikt.acquire.gdc import GDCAccessError, GDCError, read_token, safe_file_name  # noqa: E402
 from wsikt.acquire.gdc_download import download_file  # noqa: E402
 from wsikt.acquire.gdc_query import query_slides  # noqa: E402
+from wsikt.acquire.tcga_cdr import TCGA_CDR, fetch_tcga_cdr, names_tcga_cdr  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,6 +54,12 @@ def gdc(tmp_path_factory) -> FakeGDC:
     tif = tmp_path_factory.mktemp("gdc_tiff") / "real.svs"
     write_pyramid_tiff(tif, rgb, mpp=0.5, aperio=True)
     srv.add_file("tiff-real", "TCGA-DL-9999-01Z-00-DX1.svs", "TCGA-DL", "TCGA-DL-9999", data=tif.read_bytes())
+    # A stand-in for the TCGA-CDR table, served under the real file id (in no project the queries ask for).
+    import pandas as pd
+
+    cdr = tmp_path_factory.mktemp("cdr") / TCGA_CDR.file_name
+    pd.DataFrame({"bcr_patient_barcode": ["TCGA-AA-0001"], "type": ["AAAA"], "OS": [1], "OS.time": [400]}).to_excel(cdr)
+    srv.add_file(TCGA_CDR.file_id, TCGA_CDR.file_name, "TCGA-CDR", "", data=cdr.read_bytes(), data_type="Clinical Supplement")
     race = rng.integers(0, 256, size=6 << 20, dtype=np.uint8).tobytes()  # 6 write buffers
     srv.add_file("race-00", "TCGA-DL-8888-01Z-00-DX1.svs", "TCGA-DL", "TCGA-DL-8888", data=race)
     srv.thread.start()
@@ -388,6 +395,39 @@ def test_verified_bytes_are_flushed_before_the_rename(gdc: FakeGDC, tmp_path: Pa
     assert events.index(("fsync", partial)) < events.index(("replace", partial))
     assert events.index(("fsync", str(tmp_path))) > events.index(("replace", partial))
     assert dest.read_bytes() == data
+
+
+# ------------------------------------------------------------------------------------------- TCGA-CDR
+
+
+def test_tcga_cdr_is_named_by_its_gdc_file_name() -> None:
+    assert (TCGA_CDR.file_id, TCGA_CDR.md5, TCGA_CDR.size) == (
+        "1b5f413e-a8d1-4d10-92eb-7c4ae739ed81", "a4591b2dcee39591f59e5e25a6ce75fa", 2_945_129)
+    assert names_tcga_cdr("resources/tcga/TCGA-CDR-SupplementalTableS1.xlsx")
+    assert names_tcga_cdr(Path("/abs/TCGA-CDR-SupplementalTableS1.xlsx"))
+    for other in ("resources/tcga/TCGA-CDR-SupplementalTableS1.tsv", "cdr.xlsx", "config/clinical.tsv"):
+        assert not names_tcga_cdr(other), other
+
+
+def test_fetch_tcga_cdr_downloads_and_verifies_the_served_file(gdc: FakeGDC, tmp_path: Path) -> None:
+    """The stand-in served under the real id is fetched with the same client and verified against its md5 and size."""
+    data, md5, size = _meta(gdc, TCGA_CDR.file_id)
+    gdc.faults[TCGA_CDR.file_id] = ["503"]  # the same retries as the slides
+    dest = tmp_path / "tcga" / TCGA_CDR.file_name
+    out = fetch_tcga_cdr(gdc.url, dest, md5=md5, size=size, **FAST)
+    assert dest.read_bytes() == data and out["attempts"] == 2
+    assert sorted(p.name for p in dest.parent.iterdir()) == [TCGA_CDR.file_name]
+    from wsikt.cohort.labels import read_clinical
+
+    assert list(read_clinical(dest)["bcr_patient_barcode"]) == ["TCGA-AA-0001"]
+
+
+def test_fetch_tcga_cdr_defaults_reject_a_file_that_is_not_the_real_table(gdc: FakeGDC, tmp_path: Path) -> None:
+    """With the real md5 and size (the defaults), the stand-in fails verification and is not kept."""
+    dest = tmp_path / TCGA_CDR.file_name
+    with pytest.raises(GDCError, match=f"{TCGA_CDR.file_id}: download to .* failed after 2 attempt"):
+        fetch_tcga_cdr(gdc.url, dest, max_retries=1, **FAST)
+    assert not dest.exists() and not any(p.name.endswith(".lock") for p in tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------- names and tokens
