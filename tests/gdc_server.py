@@ -1,11 +1,14 @@
 """A loopback fake of the GDC API (/status, POST /files, GET /data/{id}) with per-request fault scripts.
 
-Faults are queued per file id and consumed one per ``/data`` request:
+Faults are queued per file id (or per endpoint: ``"/status"``, ``"/files"``) and consumed one per request:
+``NNN`` / ``NNN:S`` (answer HTTP NNN, with Retry-After S; ``429`` alone sends Retry-After 1),
+``hangup`` (close the connection without an answer), and for ``/data`` only
 ``drop:N`` (reset the connection after N body bytes), ``short`` (close cleanly after half the body,
-Content-Length still promising all of it), ``503``, ``429`` / ``429:S`` (Retry-After S, default 1),
-``corrupt`` (flip one byte), ``bad_range`` (answer a range request with 206 starting at 0).
+Content-Length still promising all of it), ``corrupt`` (flip one byte), ``bad_range`` (answer a
+range request with 206 starting at 0).
 File-level modes: ``ignore_range`` (always 200 with the whole file), ``corrupt_always``, ``token``
-(controlled: needs ``X-Auth-Token == server.good_token``).
+(controlled: needs ``X-Auth-Token == server.good_token``), ``slow`` (a pause of ``server.slow_s``
+before each 64 KiB of body, so concurrent downloads overlap).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ class FakeGDC(ThreadingHTTPServer):
         self.bytes_sent: dict[str, int] = defaultdict(int)
         self.data_requests: dict[str, list[dict[str, str]]] = defaultdict(list)
         self.files_bodies: list[dict[str, Any]] = []
+        self.status_requests = 0
         self.short_pages = False
+        self.slow_s = 0.02
         self.good_token = "good-token-0123"
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -72,6 +77,7 @@ class FakeGDC(ThreadingHTTPServer):
         self.bytes_sent.clear()
         self.data_requests.clear()
         self.files_bodies.clear()
+        self.status_requests = 0
         self.short_pages = False
 
 
@@ -120,8 +126,35 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _scripted_error(self, key: str) -> bool:
+        """Answer the next scripted status/hangup fault of ``key`` (a file id or endpoint); False if there is none."""
+        srv = self.server
+        with srv.lock:
+            queue = srv.faults[key]
+            fault = queue.pop(0) if queue and re.fullmatch(r"\d{3}(:\d+)?|hangup", queue[0]) else ""
+        if fault == "hangup":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return True
+        if not fault:
+            return False
+        status, _, wait = fault.partition(":")
+        body = json.dumps({"message": f"scripted {status}"}).encode()
+        self.send_response(int(status))
+        if wait or status == "429":
+            self.send_header("Retry-After", wait or "1")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return True
+
     def do_GET(self) -> None:  # noqa: N802
         if self.path == "/status":
+            with self.server.lock:
+                self.server.status_requests += 1
+            if self._scripted_error("/status"):
+                return
             self._send_json({"status": "OK", "tag": "fake", "data_release": self.server.release})
             return
         m = re.fullmatch(r"/data/([A-Za-z0-9._-]+)", self.path)
@@ -136,6 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
         self.server.files_bodies.append(body)
+        if self._scripted_error("/files"):
+            return
         hits = [h for h in self.server.hits if _match(h, body.get("filters"))]
         field, _, order = body.get("sort", "file_id:asc").partition(":")
         hits.sort(key=lambda h: h[field], reverse=order == "desc")
@@ -151,22 +186,14 @@ class _Handler(BaseHTTPRequestHandler):
         data = srv.blobs[file_id]
         modes = srv.modes[file_id]
         with srv.lock:
-            fault = srv.faults[file_id].pop(0) if srv.faults[file_id] else ""
             srv.data_requests[file_id].append({k: v for k, v in self.headers.items()})
         if "token" in modes and self.headers.get("X-Auth-Token") != srv.good_token:
             self._send_json({"message": "forbidden"}, 403)
             return
-        if fault == "503":
-            self._send_json({"message": "unavailable"}, 503)
+        if self._scripted_error(file_id):
             return
-        if fault.startswith("429"):
-            body = b'{"message": "slow down"}'
-            self.send_response(429)
-            self.send_header("Retry-After", fault.partition(":")[2] or "1")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
+        with srv.lock:
+            fault = srv.faults[file_id].pop(0) if srv.faults[file_id] else ""
         if fault == "corrupt" or "corrupt_always" in modes:
             data = bytearray(data)
             data[len(data) // 3] ^= 0xFF
@@ -198,6 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
         sent = 0
         try:
             while sent < limit:
+                if "slow" in modes:
+                    time.sleep(srv.slow_s)
                 piece = payload[sent:min(limit, sent + 65536)]
                 with srv.lock:  # counted before the write: the client may finish before this thread runs again
                     srv.bytes_sent[file_id] += len(piece)

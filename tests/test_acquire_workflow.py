@@ -158,7 +158,8 @@ def test_downloaded_slides_on_disk_stay_bounded(tmp_path, fixture_slides):
         def watch() -> None:
             while not stop.is_set():
                 if slide_dir.exists():
-                    peak[0] = max(peak[0], sum(1 for p in slide_dir.iterdir() if ".svs" in p.name))
+                    peak[0] = max(peak[0], sum(1 for p in slide_dir.iterdir()
+                                               if ".svs" in p.name and not p.name.endswith(".lock")))
                 time.sleep(0.01)
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -231,3 +232,55 @@ def test_minimal_user_config_takes_documented_defaults_not_the_demos(tmp_path):
     for section, key in (("experts", "epochs"), ("experts", "lr"), ("experts", "patients_per_step"),
                          ("features", "encoder"), ("features", "slides_per_job")):
         assert cfg[section][key] != demo[section][key], (section, key)
+
+
+def test_tcga_cdr_named_by_clinical_is_fetched_from_the_gdc_and_verified(tmp_path):
+    """`clinical:` naming TCGA-CDR-SupplementalTableS1.xlsx, absent: the workflow fetches it from the GDC (a stand-in
+    served under the real id, its md5/size injected through gdc.tcga_cdr), verifies it and labels from it; a later
+    change of a download setting refetches nothing that relabels."""
+    from wsikt.acquire.tcga_cdr import TCGA_CDR
+
+    workdir = copy_repo(tmp_path / "repo")
+    _recorded_sheet(workdir, "resources/own/samples.tsv")  # TCGA-AA-0000 … 0005, cancer AAAA
+    cdr = pd.DataFrame({"bcr_patient_barcode": [f"TCGA-AA-{i:04d}" for i in range(5)], "type": "AAAA",
+                        "OS": [1, 0, 1, 0, 1], "OS.time": [100, 900, 300, 1200, 50]})
+    xlsx = tmp_path / TCGA_CDR.file_name
+    cdr.to_excel(xlsx)  # the real table also has an unnamed index column first
+    srv = FakeGDC()
+    srv.add_file(TCGA_CDR.file_id, TCGA_CDR.file_name, "TCGA-CDR", "", data=xlsx.read_bytes())
+    srv.faults[TCGA_CDR.file_id] = ["500"]
+    srv.thread.start()
+    try:
+        clinical = f"resources/tcga/{TCGA_CDR.file_name}"
+        cfg = {"samples": "resources/own/samples.tsv", "clinical": clinical, "demo": {"enabled": False},
+               "gdc": {"base_url": srv.url, "tcga_cdr": {"md5": hashlib.md5(xlsx.read_bytes()).hexdigest(),
+                                                         "size": xlsx.stat().st_size}}}
+        (workdir / "config/own.yaml").write_text(yaml.safe_dump(cfg))
+        args = ("--configfile", "config/own.yaml")
+        dry = snakemake(workdir, "results/labels/OS/AAAA.tsv", "-n", *args)
+        assert jobs_in_dry_run(dry) == {"fetch_tcga_cdr": 1, "build_labels": 1}, dry.stdout[-2000:] + dry.stderr[-2000:]
+        run = snakemake(workdir, "results/labels/OS/AAAA.tsv", "--cores", "1", *args)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        assert (workdir / clinical).read_bytes() == xlsx.read_bytes()
+        assert [r["Range"] if "Range" in r else None for r in srv.data_requests[TCGA_CDR.file_id]] == [None, None]
+        labels = pd.read_csv(workdir / "results/labels/OS/AAAA.tsv", sep="\t")
+        assert list(labels["patient_id"]) == [f"TCGA-AA-{i:04d}" for i in range(5)]
+        assert list(labels["time"]) == [100, 900, 300, 1200, 50] and list(labels["event"]) == [1, 0, 1, 0, 1]
+        excluded = pd.read_csv(workdir / "results/labels/OS/AAAA.excluded.tsv", sep="\t")
+        assert dict(zip(excluded["patient_id"], excluded["reason"])) == {"TCGA-AA-0005": "no clinical row"}
+        assert "verified" in (workdir / "logs/acquire/fetch_tcga_cdr.log").read_text()
+
+        cfg["gdc"]["max_retries"] = 2  # a download setting: the pinned table may be refetched, labels stay
+        (workdir / "config/own.yaml").write_text(yaml.safe_dump(cfg))
+        again = snakemake(workdir, "results/labels/OS/AAAA.tsv", "-n", *args)
+        assert again.returncode == 0 and "build_labels" not in jobs_in_dry_run(again), again.stdout[-2000:]
+    finally:
+        srv.shutdown()
+
+    hand_placed = copy_repo(tmp_path / "hand")  # any other clinical name: no fetch rule, a missing table is an error
+    _recorded_sheet(hand_placed, "resources/own/samples.tsv")
+    (hand_placed / "config/own.yaml").write_text(yaml.safe_dump(dict(cfg, clinical="resources/tcga/cdr.xlsx")))
+    dry = snakemake(hand_placed, "results/labels/OS/AAAA.tsv", "-n", "--configfile", "config/own.yaml")
+    out = dry.stdout + dry.stderr
+    assert dry.returncode != 0 and "fetch_tcga_cdr" not in out
+    assert "MissingInputException in rule build_labels" in out and "resources/tcga/cdr.xlsx" in out

@@ -253,3 +253,11 @@ def test_config_readme_documents_every_key_with_its_default():
                 assert f"`{json.dumps(sub['default'])}`" in rows[name], (name, rows[name])
 
     walk(schema, "")
+
+
+def test_tcga_cdr_schema_defaults_are_the_pinned_gdc_file():
+    """gdc.tcga_cdr defaults to the real TCGA-CDR file (the library's pinned values), so only a test or mirror changes it."""
+    from wsikt.acquire.tcga_cdr import TCGA_CDR
+
+    cfg = validate_config({"demo": {"enabled": False}}, SCHEMA)
+    assert cfg["gdc"]["tcga_cdr"] == {"file_id": TCGA_CDR.file_id, "md5": TCGA_CDR.md5, "size": TCGA_CDR.size}

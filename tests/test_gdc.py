@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -15,7 +19,10 @@ import requests
 sys.path.insert(0, str(Path(__file__).parent))
 from gdc_server import FakeGDC  # noqa: E402
 
-from wsikt.acquire.gdc import GDCAccessError, GDCError, download_file, query_slides, read_token, safe_file_name  # noqa: E402
+from wsikt.acquire.gdc import GDCAccessError, GDCError, read_token, safe_file_name  # noqa: E402
+from wsikt.acquire.gdc_download import download_file  # noqa: E402
+from wsikt.acquire.gdc_query import query_slides  # noqa: E402
+from wsikt.acquire.tcga_cdr import TCGA_CDR, fetch_tcga_cdr, names_tcga_cdr  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,6 +54,14 @@ def gdc(tmp_path_factory) -> FakeGDC:
     tif = tmp_path_factory.mktemp("gdc_tiff") / "real.svs"
     write_pyramid_tiff(tif, rgb, mpp=0.5, aperio=True)
     srv.add_file("tiff-real", "TCGA-DL-9999-01Z-00-DX1.svs", "TCGA-DL", "TCGA-DL-9999", data=tif.read_bytes())
+    # A stand-in for the TCGA-CDR table, served under the real file id (in no project the queries ask for).
+    import pandas as pd
+
+    cdr = tmp_path_factory.mktemp("cdr") / TCGA_CDR.file_name
+    pd.DataFrame({"bcr_patient_barcode": ["TCGA-AA-0001"], "type": ["AAAA"], "OS": [1], "OS.time": [400]}).to_excel(cdr)
+    srv.add_file(TCGA_CDR.file_id, TCGA_CDR.file_name, "TCGA-CDR", "", data=cdr.read_bytes(), data_type="Clinical Supplement")
+    race = rng.integers(0, 256, size=6 << 20, dtype=np.uint8).tobytes()  # 6 write buffers
+    srv.add_file("race-00", "TCGA-DL-8888-01Z-00-DX1.svs", "TCGA-DL", "TCGA-DL-8888", data=race)
     srv.thread.start()
     yield srv
     srv.shutdown()
@@ -98,6 +113,43 @@ def test_query_server_returning_fewer_hits_than_total_raises(gdc: FakeGDC) -> No
     with pytest.raises(GDCError, match="promised 17 hits but stopped at 4"):
         query_slides(gdc.url, ["TCGA-BRCA", "TCGA-LUAD"], page_size=4, timeout=5.0)
     assert len(gdc.files_bodies) == 2
+
+
+def test_query_retries_transient_5xx_429_and_hangups(gdc: FakeGDC) -> None:
+    """A 500 on /status, and a 503, a hang-up and a 429 (Retry-After 1) on /files are retried; the same page is asked again."""
+    gdc.faults["/status"] = ["500"]
+    gdc.faults["/files"] = ["503", "hangup", "429"]
+    t0 = time.monotonic()
+    df, release = query_slides(gdc.url, ["TCGA-BRCA", "TCGA-LUAD"], page_size=4, **FAST)
+    elapsed = time.monotonic() - t0
+    assert release == gdc.release and gdc.status_requests == 2
+    assert len(df) == N_BRCA + N_LUAD and df["file_id"].is_unique
+    assert [b["from"] for b in gdc.files_bodies] == [0, 0, 0, 0, 4, 8, 12, 16]  # page 0 asked 4 times
+    assert not gdc.faults["/status"] and not gdc.faults["/files"]
+    assert elapsed >= 0.9  # Retry-After: 1 honoured, not the 0.01 s backoff
+
+
+def test_query_retry_after_is_capped(gdc: FakeGDC) -> None:
+    gdc.faults["/files"] = ["429:3600"]
+    t0 = time.monotonic()
+    df, _ = query_slides(gdc.url, ["TCGA-COAD"], backoff_s=0.01, max_wait_s=0.2, timeout=5.0)
+    assert len(df) == N_COAD and time.monotonic() - t0 < 5
+
+
+def test_query_gives_up_after_max_retries_with_one_line(gdc: FakeGDC) -> None:
+    gdc.faults["/files"] = ["500"] * 3
+    with pytest.raises(GDCError) as info:
+        query_slides(gdc.url, ["TCGA-COAD"], max_retries=2, **FAST)
+    msg = str(info.value)
+    assert "/files: HTTP 500 from GDC, still after the retries" in msg and "gdc.max_retries" in msg and "\n" not in msg
+    assert len(gdc.files_bodies) == 3 and not gdc.faults["/files"]
+
+
+def test_query_does_not_retry_a_client_error(gdc: FakeGDC) -> None:
+    gdc.faults["/status"] = ["400", "400"]
+    with pytest.raises(GDCError, match="/status: HTTP 400 from GDC; check the base URL"):
+        query_slides(gdc.url, ["TCGA-COAD"], **FAST)
+    assert gdc.status_requests == 1
 
 
 # -------------------------------------------------------------------------------------------- download
@@ -269,6 +321,113 @@ def test_missing_file_is_not_retried(gdc: FakeGDC, tmp_path: Path) -> None:
 def test_unsafe_file_id_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a GDC file id"):
         download_file("http://127.0.0.1:9", "../status", tmp_path / "x.svs", "0" * 32, 10, **FAST)
+
+
+DOWNLOADER = textwrap.dedent("""
+    import json, logging, sys
+    from wsikt.acquire.gdc_download import download_file
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    url, file_id, dest, md5, size = sys.argv[1:]
+    print(json.dumps(download_file(url, file_id, dest, md5, int(size), backoff_s=0.05, timeout=10.0)))
+""")
+
+
+def test_two_processes_downloading_one_slide_never_corrupt_it(gdc: FakeGDC, tmp_path: Path) -> None:
+    """Two real processes download the same slide into one folder (the second starts mid-download): the second
+    waits for the first's lock and finds the file complete; the file is right and downloaded once."""
+    data, md5, size = _meta(gdc, "race-00")
+    gdc.modes["race-00"].add("slow")  # ~3 s per download, so the two overlap
+    dest = tmp_path / "slides" / "TCGA-DL-8888-01Z-00-DX1.svs"
+    partial = dest.with_name(dest.name + ".partial")
+    cmd = [sys.executable, "-c", DOWNLOADER, gdc.url, "race-00", str(dest), md5, str(size)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (partial.exists() and partial.stat().st_size > 0):  # the first has written its first buffer
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.005)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (out1, err1), (out2, err2) = first.communicate(timeout=50), second.communicate(timeout=50)
+    assert first.returncode == 0, err1[-2000:]
+    assert second.returncode == 0, err2[-2000:]
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == md5 and dest.stat().st_size == size
+    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # no .partial, no .lock left
+    one, two = json.loads(out1), json.loads(out2)
+    assert one["bytes_transferred"] == size and one["attempts"] == 1
+    assert "waiting for it" in err2 and two["bytes_transferred"] == 0 and two["attempts"] == 0
+    assert gdc.bytes_sent["race-00"] == size and len(gdc.data_requests["race-00"]) == 1
+
+
+def test_dest_changed_after_rename_is_caught_and_downloaded_again(gdc: FakeGDC, tmp_path: Path, monkeypatch) -> None:
+    """A writer that ignores the lock appends to the file right after the rename (the reported corruption):
+    the re-verification after the rename catches it instead of reporting success."""
+    data, md5, size = _meta(gdc, "blob-08")
+    dest = tmp_path / "x.svs"
+    real_replace = os.replace
+    strays = []
+
+    def replace_then_append(src, dst):
+        real_replace(src, dst)
+        if not strays:  # once: the other process's buffered bytes land on the renamed file
+            strays.append(dst)
+            with open(dst, "ab") as fh:
+                fh.write(data[:1000])
+
+    monkeypatch.setattr(os, "replace", replace_then_append)
+    out = download_file(gdc.url, "blob-08", dest, md5, size, **FAST)
+    assert strays == [dest]
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == md5
+    assert out["attempts"] == 2 and len(gdc.data_requests["blob-08"]) == 2
+
+
+def test_verified_bytes_are_flushed_before_the_rename(gdc: FakeGDC, tmp_path: Path, monkeypatch) -> None:
+    """The verified partial is fsynced before it is renamed onto dest, and the folder after: a crash right
+    after the rename cannot leave a short file that looks complete."""
+    data, md5, size = _meta(gdc, "blob-09")
+    dest = tmp_path / "x.svs"
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b))[1])
+    download_file(gdc.url, "blob-09", dest, md5, size, **FAST)
+    partial = str(dest.with_name("x.svs.partial"))
+    assert ("fsync", partial) in events and ("replace", partial) in events
+    assert events.index(("fsync", partial)) < events.index(("replace", partial))
+    assert events.index(("fsync", str(tmp_path))) > events.index(("replace", partial))
+    assert dest.read_bytes() == data
+
+
+# ------------------------------------------------------------------------------------------- TCGA-CDR
+
+
+def test_tcga_cdr_is_named_by_its_gdc_file_name() -> None:
+    assert (TCGA_CDR.file_id, TCGA_CDR.md5, TCGA_CDR.size) == (
+        "1b5f413e-a8d1-4d10-92eb-7c4ae739ed81", "a4591b2dcee39591f59e5e25a6ce75fa", 2_945_129)
+    assert names_tcga_cdr("resources/tcga/TCGA-CDR-SupplementalTableS1.xlsx")
+    assert names_tcga_cdr(Path("/abs/TCGA-CDR-SupplementalTableS1.xlsx"))
+    for other in ("resources/tcga/TCGA-CDR-SupplementalTableS1.tsv", "cdr.xlsx", "config/clinical.tsv"):
+        assert not names_tcga_cdr(other), other
+
+
+def test_fetch_tcga_cdr_downloads_and_verifies_the_served_file(gdc: FakeGDC, tmp_path: Path) -> None:
+    """The stand-in served under the real id is fetched with the same client and verified against its md5 and size."""
+    data, md5, size = _meta(gdc, TCGA_CDR.file_id)
+    gdc.faults[TCGA_CDR.file_id] = ["503"]  # the same retries as the slides
+    dest = tmp_path / "tcga" / TCGA_CDR.file_name
+    out = fetch_tcga_cdr(gdc.url, dest, md5=md5, size=size, **FAST)
+    assert dest.read_bytes() == data and out["attempts"] == 2
+    assert sorted(p.name for p in dest.parent.iterdir()) == [TCGA_CDR.file_name]
+    from wsikt.cohort.labels import read_clinical
+
+    assert list(read_clinical(dest)["bcr_patient_barcode"]) == ["TCGA-AA-0001"]
+
+
+def test_fetch_tcga_cdr_defaults_reject_a_file_that_is_not_the_real_table(gdc: FakeGDC, tmp_path: Path) -> None:
+    """With the real md5 and size (the defaults), the stand-in fails verification and is not kept."""
+    dest = tmp_path / TCGA_CDR.file_name
+    with pytest.raises(GDCError, match=f"{TCGA_CDR.file_id}: download to .* failed after 2 attempt"):
+        fetch_tcga_cdr(gdc.url, dest, max_retries=1, **FAST)
+    assert not dest.exists() and not any(p.name.endswith(".lock") for p in tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------- names and tokens

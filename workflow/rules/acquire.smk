@@ -1,4 +1,5 @@
-# Acquisition: the embedded demo cohort, or TCGA slides from the GDC API (query once, one job per file).
+# Acquisition: the embedded demo cohort, or TCGA slides from the GDC API (query once, one job per file),
+# and the TCGA-CDR clinical table from the GDC when `clinical` names it.
 
 
 if config["demo"]["enabled"]:
@@ -39,6 +40,7 @@ if not config["demo"]["enabled"] and config["gdc"]["projects"]:
             base_url=config["gdc"]["base_url"],
             slide_dir=config["gdc"]["slide_dir"],
             page_size=config["gdc"]["page_size"],
+            max_retries=config["gdc"]["max_retries"],
         script:
             "../scripts/query_gdc.py"
 
@@ -88,3 +90,26 @@ if not config["demo"]["enabled"] and config["gdc"]["projects"]:
 
         localrules:
             download_slide,
+
+
+if FETCH_TCGA_CDR:
+
+    rule fetch_tcga_cdr:
+        # Runs only while the table is absent (no inputs); a hand-placed copy is used as it is.
+        output:
+            CLINICAL,
+        log:
+            "logs/acquire/fetch_tcga_cdr.log",
+        conda:
+            "../envs/wsikt.yaml"
+        resources:
+            gdc_connections=1,
+        params:
+            base_url=config["gdc"]["base_url"],
+            pinned=config["gdc"]["tcga_cdr"],
+            max_retries=config["gdc"]["max_retries"],
+        script:
+            "../scripts/fetch_tcga_cdr.py"
+
+    localrules:
+        fetch_tcga_cdr,

@@ -5,7 +5,7 @@
 
 rule build_labels:
     input:
-        clinical=CLINICAL,
+        clinical=CLINICAL_INPUT,
     output:
         labels="results/labels/{endpoint}/{cancer}.tsv",
         excluded="results/labels/{endpoint}/{cancer}.excluded.tsv",

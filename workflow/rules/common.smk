@@ -13,6 +13,7 @@ from snakemake.logging import logger
 
 from snakemake.settings.types import DeploymentMethod
 
+from wsikt.acquire.tcga_cdr import names_tcga_cdr
 from wsikt.config.validate import read_samples, slide_path_pattern, validate_config
 from wsikt.features.batches import plan_batches
 from wsikt.features.settings import feature_params
@@ -53,6 +54,11 @@ else:
     SAMPLES_TSV = config["samples"]
     SAMPLES = read_samples(SAMPLES_TSV, SCHEMAS / "samples.schema.yaml")
     CLINICAL = config["clinical"]
+
+# A `clinical` path named like the TCGA-CDR table's GDC file is fetched when absent (fetch_tcga_cdr).
+# Its bytes are pinned by md5, so a re-fetch (say after gdc.base_url changes) relabels nothing: ancient().
+FETCH_TCGA_CDR = not config["demo"]["enabled"] and names_tcga_cdr(CLINICAL)
+CLINICAL_INPUT = ancient(CLINICAL) if FETCH_TCGA_CDR else CLINICAL
 
 SAMPLES = SAMPLES.set_index("slide_id", drop=False)
 CANCERS = sorted(SAMPLES["cancer"].unique())

@@ -1,7 +1,8 @@
 """Snakemake adapter: download one GDC slide resumably, verify size and md5, rename atomically."""
 from tqdm import tqdm
 
-from wsikt.acquire.gdc import download_file, read_token
+from wsikt.acquire.gdc import read_token
+from wsikt.acquire.gdc_download import download_file
 from wsikt.core.io import write_json
 from wsikt.core.logs import log_to
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsikt.acquire.gdc import summarise_downloads
+from wsikt.acquire.gdc_download import summarise_downloads
 from wsikt.core.io import write_tsv
 from wsikt.core.logs import log_to
 

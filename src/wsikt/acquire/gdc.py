@@ -1,9 +1,9 @@
-"""GDC (Genomic Data Commons) client: list TCGA diagnostic slides and download them resumably.
+"""GDC (Genomic Data Commons) client basics shared by the query and the downloads.
 
-Downloads stream to ``<dest>.partial``, resume with HTTP ``Range``, retry with exponential backoff
-(honouring ``Retry-After``), verify size and md5, and only then rename atomically onto ``dest``:
-a file at ``dest`` is always complete and verified. A controlled-access token is sent only as the
-``X-Auth-Token`` header and never appears in exception messages or log records.
+Errors, the retrying HTTP session, Retry-After parsing, safe file names, token files and md5. A
+controlled-access token is sent only as the ``X-Auth-Token`` header and never appears in exception
+messages or log records. The query is :mod:`wsikt.acquire.gdc_query`, the downloads
+:mod:`wsikt.acquire.gdc_download`.
 """
 
 from __future__ import annotations
@@ -13,35 +13,23 @@ import hashlib
 import logging
 import os
 import re
-import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
-import pandas as pd
 import requests
-import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
-logger = logging.getLogger("wsikt.acquire.gdc")
+logger = logging.getLogger(__name__)
 
-SLIDE_FIELDS = (
-    "file_id",
-    "file_name",
-    "md5sum",
-    "file_size",
-    "cases.submitter_id",
-    "cases.project.project_id",
-)
-SAMPLE_COLUMNS = ("slide_id", "patient_id", "cancer", "file_id", "file_name", "md5", "size")
 TOKEN_HELP = (
     "controlled-access slides need a GDC token whose user has dbGaP authorisation for this project: "
     "log in at https://portal.gdc.cancer.gov, use 'Download Token', and pass that file as the token file"
 )
-_FILE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Answers worth another try: rate limiting and server-side failures (the downloads retry the same).
+RETRY_STATUSES = frozenset([429, *range(500, 600)])
+TIMEOUT_S = 60.0
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_TIMEOUT_S = 60.0
-# Network reads are at most this big: a body cut mid-read loses only the bytes of the read in flight.
-_READ_BYTES = 64 * 1024
 
 
 class GDCError(RuntimeError):
@@ -52,137 +40,54 @@ class GDCAccessError(GDCError):
     """The GDC refused access (401/403): the token is missing, expired or lacks authorisation."""
 
 
-class _Retryable(Exception):
-    """Internal: this attempt failed transiently; ``wait_s`` is a server-requested delay, if any."""
+def gdc_session(max_retries: int = 5, backoff_s: float = 0.5, max_wait_s: float = 60.0) -> requests.Session:
+    """A requests session whose GET and POST retry connection errors, 429 and 5xx (urllib3's Retry).
 
-    def __init__(self, reason: str, wait_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.wait_s = wait_s
-
-
-def slide_filters(projects: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """GDC filter for diagnostic SVS slide images of the given projects (e.g. ``["TCGA-BRCA"]``)."""
-    return {
-        "op": "and",
-        "content": [
-            {"op": "in", "content": {"field": "cases.project.project_id", "value": list(projects)}},
-            {"op": "=", "content": {"field": "data_type", "value": "Slide Image"}},
-            {"op": "=", "content": {"field": "experimental_strategy", "value": "Diagnostic Slide"}},
-            {"op": "=", "content": {"field": "data_format", "value": "SVS"}},
-        ],
-    }
-
-
-def _json(resp: requests.Response, what: str) -> Any:
-    """Decode a JSON response, raising a GDCError naming the endpoint when status or body is wrong."""
-    if resp.status_code != 200:
-        raise GDCError(f"{what}: HTTP {resp.status_code} from GDC; check the base URL and retry later")
-    try:
-        return resp.json()
-    except ValueError:
-        raise GDCError(f"{what}: response is not JSON; check that the base URL points at the GDC API") from None
-
-
-def data_release(base_url: str, session: requests.Session | None = None, timeout: float = _TIMEOUT_S) -> str:
-    """The GDC data release string from ``/status``, recorded so a slide list can be reproduced."""
-    session = session or requests.Session()
-    url = f"{base_url.rstrip('/')}/status"
-    try:
-        body = _json(session.get(url, timeout=timeout), url)
-    except requests.RequestException as exc:
-        raise GDCError(f"{url}: cannot reach GDC ({type(exc).__name__}); check the network and base URL") from None
-    release = body.get("data_release") if isinstance(body, dict) else None
-    if not release:
-        raise GDCError(f"{url}: no 'data_release' in the status answer; check the base URL")
-    return str(release)
-
-
-def _slide_id(file_name: str) -> str:
-    """Slide id = file name without its ``.svs`` suffix (TCGA names contain dots, so not Path.stem)."""
-    if file_name.lower().endswith(".svs"):
-        return file_name[:-4]
-    return Path(file_name).stem
-
-
-def _hit_row(hit: dict[str, Any]) -> dict[str, Any]:
-    """One sample-sheet row from one ``/files`` hit, checking the fields we rely on."""
-    file_id = str(hit.get("file_id", ""))
-    cases = hit.get("cases") or []
-    if not file_id or not cases or "file_name" not in hit or "md5sum" not in hit or "file_size" not in hit:
-        raise GDCError(f"GDC hit {file_id or hit!r}: missing file_id/file_name/md5sum/file_size/cases; the API answer changed")
-    project = str(cases[0].get("project", {}).get("project_id", ""))
-    name = safe_file_name(str(hit["file_name"]))
-    return {
-        "slide_id": _slide_id(name),
-        "patient_id": str(cases[0].get("submitter_id", "")),
-        "cancer": project.removeprefix("TCGA-"),
-        "file_id": file_id,
-        "file_name": name,
-        "md5": str(hit["md5sum"]).lower(),
-        "size": int(hit["file_size"]),
-    }
-
-
-def query_slides(
-    base_url: str,
-    projects: list[str] | tuple[str, ...],
-    session: requests.Session | None = None,
-    page_size: int = 500,
-    timeout: float = _TIMEOUT_S,
-) -> tuple[pd.DataFrame, str]:
-    """List diagnostic SVS slides of ``projects`` as a sample-sheet frame, plus the GDC data release.
-
-    Pages through ``POST /files`` with ``size``/``from`` and a stable ``file_id`` sort until the
-    promised ``total`` is reached; a page that brings no new hits before then raises instead of looping.
+    Up to ``max_retries`` retries with exponential backoff (``backoff_s * 2**k``, the first retry at
+    once) or the server's ``Retry-After``, both capped at ``max_wait_s``; when the retries are spent
+    the last answer is returned, so the caller reports its status. GDC queries are reads, so
+    retrying a POST is safe.
     """
-    if not projects:
-        raise ValueError("query_slides: no projects given; pass e.g. ['TCGA-BRCA']")
-    if page_size < 1:
-        raise ValueError(f"query_slides: page_size={page_size} must be >= 1")
-    session = session or requests.Session()
-    release = data_release(base_url, session, timeout)
-    url = f"{base_url.rstrip('/')}/files"
-    body: dict[str, Any] = {
-        "filters": slide_filters(projects),
-        "fields": ",".join(SLIDE_FIELDS),
-        "format": "JSON",
-        "size": page_size,
-        "sort": "file_id:asc",
-    }
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    total: int | None = None
-    while total is None or len(rows) < total:
-        body["from"] = len(rows)
-        try:
-            page = _json(session.post(url, json=body, timeout=timeout), url)
-        except requests.RequestException as exc:
-            raise GDCError(f"{url}: cannot reach GDC ({type(exc).__name__}); check the network and base URL") from None
-        try:
-            hits = page["data"]["hits"]
-            page_total = int(page["data"]["pagination"]["total"])
-        except (KeyError, TypeError, ValueError):
-            raise GDCError(f"{url}: answer lacks data.hits/data.pagination.total; the API answer changed") from None
-        if total is None:
-            total = page_total
-        elif page_total != total:
-            raise GDCError(f"{url}: total changed from {total} to {page_total} while paging (new data release?); rerun the query")
-        new = 0
-        for hit in hits:
-            row = _hit_row(hit)
-            if row["file_id"] in seen:
-                continue
-            seen.add(row["file_id"])
-            rows.append(row)
-            new += 1
-        if len(rows) < total and new == 0:
-            raise GDCError(
-                f"{url}: server promised {total} hits but stopped at {len(rows)} (empty or repeated page at from={body['from']}); "
-                "rerun later or lower page_size"
-            )
-    logger.info("GDC release %s: %d slide(s) for %s", release, len(rows), ",".join(projects))
-    return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)), release
+    if max_retries < 0:
+        raise ValueError(f"max_retries={max_retries} must be >= 0 (config key gdc.max_retries)")
+    retry = Retry(
+        total=max_retries,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET", "POST"}),
+        backoff_factor=backoff_s,
+        backoff_max=max_wait_s,
+        retry_after_max=max_wait_s,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent/unparseable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def redact(text: str, token: str | None) -> str:
+    """Remove the token from a message, in case a library echoed it."""
+    return text.replace(token, "<token>") if token else text
 
 
 def safe_file_name(name: str) -> str:
@@ -222,231 +127,3 @@ def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent/unparseable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def _redact(text: str, token: str | None) -> str:
-    """Remove the token from a message, in case a library echoed it."""
-    return text.replace(token, "<token>") if token else text
-
-
-def _verified(path: Path, md5: str, size: int) -> bool:
-    """True if ``path`` has exactly ``size`` bytes and the expected md5."""
-    return path.is_file() and path.stat().st_size == size and md5_file(path) == md5
-
-
-def download_file(
-    base_url: str,
-    file_id: str,
-    dest: str | os.PathLike,
-    md5: str,
-    size: int,
-    token: str | None = None,
-    session: requests.Session | None = None,
-    max_retries: int = 5,
-    backoff_s: float = 0.5,
-    chunk: int = 1 << 20,
-    progress: Callable[[int, int], None] | None = None,
-    max_wait_s: float = 60.0,
-    timeout: float = _TIMEOUT_S,
-) -> dict[str, Any]:
-    """Download one GDC file to ``dest`` resumably and verified; returns bytes_transferred, resumed, attempts.
-
-    Streams to ``<dest>.partial`` and resumes it with ``Range: bytes=N-``; a 200 answer to a range
-    request restarts from 0. Connection errors, truncated bodies, 5xx and 429 are retried up to
-    ``max_retries`` times (so at most ``max_retries + 1`` attempts) with backoff ``backoff_s * 2**k``
-    or the server's ``Retry-After``, both capped at ``max_wait_s``. An md5 mismatch deletes the
-    partial and counts as an attempt. 401/403/404 are not retried. ``chunk`` is the write buffer;
-    network reads are at most 64 KiB so a cut body loses little. ``progress(done, size)`` is called
-    after each read.
-    """
-    dest = Path(dest)
-    md5 = md5.lower()
-    if not _FILE_ID_RE.match(file_id):
-        raise ValueError(f"file_id {file_id!r} is not a GDC file id (letters, digits, '-', '.', '_'); check the sample sheet")
-    if size < 0:
-        raise ValueError(f"{file_id}: size={size} must be >= 0; check the sample sheet")
-    summary: dict[str, Any] = {"file_id": file_id, "bytes_transferred": 0, "resumed": False, "attempts": 0}
-    if dest.exists():
-        if _verified(dest, md5, size):
-            logger.info("%s: %s already complete, skipping", file_id, dest)
-            return summary
-        logger.warning("%s: %s exists but has the wrong size or md5; downloading it again", file_id, dest)
-        dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    url = f"{base_url.rstrip('/')}/data/{file_id}"
-    session = session or requests.Session()
-    base_headers = {"X-Auth-Token": token} if token else {}
-    last = ""
-    while True:
-        summary["attempts"] += 1
-        try:
-            _attempt(session, url, file_id, partial, size, base_headers, chunk, progress, summary, timeout)
-            if partial.stat().st_size != size:  # pragma: no cover - _attempt raises on a short body
-                raise _Retryable(f"size {partial.stat().st_size} != expected {size}")
-            got = md5_file(partial)
-            if got != md5:
-                partial.unlink()
-                raise _Retryable(f"md5 mismatch (got {got}, expected {md5}); partial deleted")
-            os.replace(partial, dest)
-            logger.info("%s: downloaded %s (%d bytes, %d attempt(s))", file_id, dest, size, summary["attempts"])
-            return summary
-        except _Retryable as exc:
-            last = _redact(exc.reason, token)
-            if summary["attempts"] > max_retries:
-                raise GDCError(
-                    f"{file_id}: download to {dest} failed after {summary['attempts']} attempt(s); last error: {last}. "
-                    "Rerun later (a .partial is resumed) or check the GDC status page"
-                ) from None
-            wait = exc.wait_s if exc.wait_s is not None else backoff_s * 2 ** (summary["attempts"] - 1)
-            wait = min(max(wait, 0.0), max_wait_s)
-            logger.warning("%s: attempt %d failed (%s); retrying in %.2f s", file_id, summary["attempts"], last, wait)
-            time.sleep(wait)
-
-
-def _body_blocks(resp: requests.Response, amt: int) -> Iterator[bytes]:
-    """Yield the raw body as it arrives; a cut connection raises requests.ConnectionError after the last good bytes.
-
-    ``read1`` returns what is already received instead of waiting to fill ``amt``, so bytes before a
-    cut are kept for the resume; older urllib3 without ``read1`` falls back to ``iter_content``.
-    """
-    raw = resp.raw
-    if not hasattr(raw, "read1"):
-        yield from resp.iter_content(chunk_size=amt)
-        return
-    while True:
-        try:
-            block = raw.read1(amt, decode_content=False)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise requests.ConnectionError(type(exc).__name__) from None
-        if not block:
-            return
-        yield block
-
-
-def _check_status(resp: requests.Response, file_id: str, partial: Path, offset: int, size: int) -> int:
-    """The offset the body starts at (``offset`` for a 206, 0 for a 200), or raise for the status.
-
-    401/403/404 and other statuses are final (GDCError with the fix); 416, 429, 5xx and a 206 that
-    does not continue ``partial`` are transient (_Retryable, the partial dropped where it cannot be continued).
-    """
-    status = resp.status_code
-    if status in (401, 403):
-        raise GDCAccessError(
-            f"{file_id}: GDC answered {status}: the token is missing, expired or lacks access to this controlled data; "
-            f"{TOKEN_HELP}"
-        )
-    if status == 404:
-        raise GDCError(f"{file_id}: not found on GDC (404); check the file_id in the sample sheet and the data release")
-    if status == 416:
-        partial.unlink(missing_ok=True)
-        raise _Retryable(f"HTTP 416 for bytes={offset}- (partial longer than the server's file?); restarting from 0")
-    if status == 429 or status >= 500:
-        raise _Retryable(f"HTTP {status}", _retry_after_s(resp.headers.get("Retry-After")))
-    if status == 206:
-        match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
-        if not match or int(match.group(1)) != offset or (match.group(3) != "*" and int(match.group(3)) != size):
-            partial.unlink(missing_ok=True)
-            raise _Retryable(f"206 with Content-Range {resp.headers.get('Content-Range')!r} not matching bytes={offset}-; restarting from 0")
-        return offset
-    if status == 200:
-        if offset:
-            logger.info("%s: server ignored Range and sent the whole file; restarting from 0", file_id)
-        return 0
-    raise GDCError(f"{file_id}: unexpected HTTP {status} from GDC data endpoint; check the base URL")
-
-
-def _append_body(resp: requests.Response, partial: Path, offset: int, size: int, chunk: int,
-                 progress: Callable[[int, int], None] | None, summary: dict[str, Any]) -> None:
-    """Write the body to ``partial`` from ``offset`` (appending when > 0); raise _Retryable when it is cut or too long."""
-    expected = size - offset
-    written = 0
-    try:
-        with open(partial, "ab" if offset else "wb", buffering=max(chunk, 1)) as fh:
-            for block in _body_blocks(resp, min(chunk, _READ_BYTES)):
-                if written + len(block) > expected:
-                    fh.write(block[: expected - written])
-                    written = expected
-                    raise _Retryable(f"body longer than the expected {expected} bytes")
-                fh.write(block)
-                written += len(block)
-                summary["bytes_transferred"] += len(block)
-                if progress is not None:
-                    progress(offset + written, size)
-    except requests.RequestException as exc:
-        raise _Retryable(f"body cut after {written} of {expected} bytes ({type(exc).__name__})") from None
-    except _Retryable:
-        partial.unlink(missing_ok=True)  # the server sent something else than this file: start over
-        raise
-    if written < expected:
-        raise _Retryable(f"body ended after {written} of {expected} bytes")
-
-
-def _attempt(
-    session: requests.Session,
-    url: str,
-    file_id: str,
-    partial: Path,
-    size: int,
-    base_headers: dict[str, str],
-    chunk: int,
-    progress: Callable[[int, int], None] | None,
-    summary: dict[str, Any],
-    timeout: float,
-) -> None:
-    """One request: append the body to ``partial`` (resuming it if present); raise _Retryable on transient failure."""
-    offset = partial.stat().st_size if partial.exists() else 0
-    if offset > size:
-        partial.unlink()
-        offset = 0
-    if offset == size and size > 0:
-        return  # a previous run got every byte; only verification is left
-    headers = dict(base_headers)
-    headers["Accept-Encoding"] = "identity"  # the bytes on disk must be the file's bytes (size, md5, Range offsets)
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        resp = session.get(url, headers=headers, stream=True, timeout=timeout)
-    except requests.RequestException as exc:
-        raise _Retryable(f"{type(exc).__name__}: {exc}") from None
-    with resp:
-        start = _check_status(resp, file_id, partial, offset, size)
-        if resp.status_code == 206:
-            summary["resumed"] = True
-        _append_body(resp, partial, start, size, chunk, progress, summary)
-
-
-def summarise_downloads(sheet: pd.DataFrame, summaries: dict[str, dict[str, Any]], slide_dir_exists: Callable[[str], bool]) -> pd.DataFrame:
-    """One row per sheet slide: downloaded, resumed, already present, or missing (failed or not run yet).
-
-    ``summaries`` maps slide_id → the JSON a finished download job wrote; ``slide_dir_exists(path)``
-    tells whether the final file is there. Missing slides are the ones to look up in the job logs.
-    """
-    rows = []
-    for row in sheet.itertuples(index=False):
-        s = summaries.get(row.slide_id)
-        if s is not None:
-            status = "already present" if s["bytes_transferred"] == 0 else ("resumed" if s["resumed"] else "downloaded")
-            rows.append((row.slide_id, row.file_id, status, int(s["bytes_transferred"]), int(s["attempts"])))
-        else:
-            status = "present, not verified by a job" if slide_dir_exists(row.path) else "missing (failed or not run)"
-            rows.append((row.slide_id, row.file_id, status, 0, 0))
-    return pd.DataFrame(rows, columns=["slide_id", "file_id", "status", "bytes_transferred", "attempts"])
