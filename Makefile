@@ -20,10 +20,11 @@ demo: install  ## run the embedded demo cohort end to end → results/report/ind
 test: install  ## the whole test suite (unit + workflow); pytest exits non-zero on no tests
 	$(PY) -m pytest
 
-lint: install  ## ruff (pyproject.toml: complexity ≤ 12), snakefmt (.snakefmt.toml) and Snakemake's linter
+lint: install  ## ruff (complexity ≤ 12), snakefmt (.snakefmt.toml), Snakemake's linter, import-linter (pyproject.toml: stage layers)
 	ruff check .
 	snakefmt --config .snakefmt.toml --check .
 	snakemake --lint
+	lint-imports
 
 clean:
 	rm -rf results logs resources/demo .snakemake

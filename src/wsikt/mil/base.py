@@ -175,6 +175,13 @@ class Aggregator(nn.Module):
             batch[f"rows{s}"], batch[f"mask{s}"] = pack_arrays([b.scale(name) for b in pbs], device, self.min_instances)
         return batch
 
+    def use_scales(self, scales: Sequence[str], roles: tuple[str, ...]) -> None:
+        """Set the magnifications a multi-scale model reads, one per role (e.g. fine, coarse), finest first."""
+        if len(scales) != len(roles):
+            raise ValueError(f"{type(self).__name__} needs {len(roles)} magnifications ({', '.join(roles)}), got {list(scales)}; "
+                             "set experts.model_params.scales")
+        self.scales = tuple(scales)
+
     def forward(self, batch: Batch | torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if mask is not None:  # padded (B, N, D) features and their mask
             batch = {"rows0": batch[mask], "mask0": mask}

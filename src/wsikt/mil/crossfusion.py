@@ -33,9 +33,7 @@ class CrossFusion(Aggregator):
     def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, dropout: float = 0.25, heads: int = 8,
                  attn_hidden: int = 384, scales: Sequence[str] = DEFAULT_SCALES["crossfusion"]) -> None:
         super().__init__()
-        if len(scales) != 3:
-            raise ValueError(f"CrossFusion needs three magnifications (fine, middle, coarse), got {list(scales)}")
-        self.scales = tuple(scales)
+        self.use_scales(scales, ("fine", "middle", "coarse"))
         self.encoders = nn.ModuleList(nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout)) for _ in scales)
         self.scale_embedding = nn.Parameter(torch.zeros(2, hidden))  # 0: coarse parent, 1: fine child
         self.cross = CrossAttention(hidden, heads, dropout)

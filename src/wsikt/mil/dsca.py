@@ -15,15 +15,7 @@ from torch import nn
 
 from wsikt.cohort.bags import Bag, as_patient_bag
 from wsikt.core.model_facts import DEFAULT_SCALES
-from wsikt.mil.base import (
-    Aggregator,
-    Batch,
-    CrossAttention,
-    GatedAttention,
-    children_index,
-    gather_rows,
-    project,
-)
+from wsikt.mil.base import Aggregator, Batch, CrossAttention, GatedAttention, children_index, gather_rows, project
 
 
 class DSCA(Aggregator):
@@ -32,9 +24,7 @@ class DSCA(Aggregator):
     def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, dropout: float = 0.25, heads: int = 8,
                  attn_hidden: int = 384, scales: Sequence[str] = DEFAULT_SCALES["dsca"]) -> None:
         super().__init__()
-        if len(scales) != 2:
-            raise ValueError(f"DSCA needs two magnifications (fine, coarse), got {list(scales)}")
-        self.scales = tuple(scales)
+        self.use_scales(scales, ("fine", "coarse"))
         self.enc_fine = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.enc_coarse = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.conv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
