@@ -37,7 +37,24 @@ from wsikt.transfer.matrix import positive_sources, selection_matrix
 
 log = logging.getLogger("wsikt.transfer.baselines")
 
-METHODS = ("head", "mlp", "all", "merge")
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a baseline method reads and trains (config names in :data:`METHODS`)."""
+
+    reads: str  # 'embeddings' (the frozen experts' cached 512-d embeddings) or 'bags' (the target's patch features)
+    head: str | None  # the new head: 'linear', 'mlp', or None for a training-free method
+    tunes_trunk: bool  # the source expert's aggregator is trained too (deep tuning)
+    starts_from_source_head: bool  # the head starts from the source's classifier when the time bins match
+
+
+METHODS: dict[str, Method] = {
+    "head": Method("embeddings", "linear", tunes_trunk=False, starts_from_source_head=True),  # HistoKT frozen encoder
+    "mlp": Method("embeddings", "mlp", tunes_trunk=False, starts_from_source_head=False),
+    "all": Method("bags", "linear", tunes_trunk=True, starts_from_source_head=True),  # HistoKT deep tuning
+    "merge": Method("bags", None, tunes_trunk=False, starts_from_source_head=False),  # parameter averaging
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +85,7 @@ class BaselineSettings:
 
 def needs_bags(method: str) -> bool:
     """Whether a method reads the target's patch features; head/mlp train on cached embeddings."""
-    return method in ("all", "merge")
+    return METHODS[method].reads == "bags"
 
 
 def source_pool(cache_h5: str | Path, split: pd.DataFrame, target: str, fold: int, which: str, threshold: float) -> list[str]:
@@ -116,7 +133,7 @@ def _predict_finetuned(model: FineTuned, bags: list, device: torch.device, batch
 
 def new_head(method: str, dim: int, n_bins: int, hidden: int, dropout: float) -> nn.Module:
     """Linear(dim→T) for head/all; Linear→ReLU→Dropout→Linear for mlp."""
-    if method == "mlp":
+    if METHODS[method].head == "mlp":
         return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_bins))
     return nn.Linear(dim, n_bins)
 
@@ -147,24 +164,25 @@ def fine_tune(
     bins = assign_bins(times, edges)[train_idx]
     nll = replace(train, loss="nll")  # the new head has T outputs: always the discrete-time NLL
     torch.manual_seed(train.seed)
-    init = source_head(checkpoints[source], edges) if checkpoints and method in ("head", "all") else None
-    if method in ("head", "mlp"):
+    spec = METHODS[method]
+    if spec.head is None:
+        raise ValueError(f"fine_tune has no method '{method}'; it is training-free (use merge_experts)")
+    init = source_head(checkpoints[source], edges) if checkpoints and spec.starts_from_source_head else None
+    if not spec.tunes_trunk:
         x = torch.from_numpy(emb[source][train_idx]).to(device)
         module: nn.Module = new_head(method, x.shape[1], len(edges) + 1, settings.mlp_hidden, train.dropout).to(device)
         if init is not None:
             module.load_state_dict(init)
         history = fit(module, lambda i: (module(x[i]), None), Targets(bins, events[train_idx]), nll, device)
-    elif method == "all":
+    else:
         trunk = load_expert(checkpoints[source], device)
         dim = int(predict(trunk, [bags[int(train_idx[0])]], device)[1].shape[1])
-        module = FineTuned(trunk, new_head("all", dim, len(edges) + 1, settings.mlp_hidden, train.dropout)).to(device)
+        module = FineTuned(trunk, new_head(method, dim, len(edges) + 1, settings.mlp_hidden, train.dropout)).to(device)
         if init is not None:
             module.head.load_state_dict(init)
         chosen = [bags[int(i)] for i in train_idx]
         history = fit(module, lambda i: (module(*module.collate([chosen[j] for j in i], device))["logits"], None),
                       Targets(bins, events[train_idx]), nll, device)
-    else:
-        raise ValueError(f"fine_tune has no method '{method}'; merge is training-free (use merge_experts)")
     return module.eval(), edges, history
 
 
@@ -173,7 +191,7 @@ def predict_baseline(method: str, module: nn.Module, source: ExpertKey, idx: np.
                      emb: dict[ExpertKey, np.ndarray] | None = None, bags: list | None = None) -> np.ndarray:
     """Survival curves (len(idx), T) of a fitted baseline, eval mode."""
     module.eval()
-    if method in ("head", "mlp"):
+    if METHODS[method].reads == "embeddings":
         return survival_curve(torch.sigmoid(module(torch.from_numpy(emb[source][idx]).to(device)))).cpu().numpy()
     return _predict_finetuned(module, [bags[int(i)] for i in idx], device)
 
@@ -235,7 +253,7 @@ def run_baseline_fold(
     is_train = (split["fold"] != fold).to_numpy()
     every = np.arange(len(split))
     extra: dict = {"model": f"baseline_{settings.method}", "target": target, "settings": asdict(settings)}
-    if settings.method == "merge":
+    if METHODS[settings.method].head is None:
         merged = source_pool(cache_h5, split, target, fold, settings.merge_set, settings.threshold)
         module = merge_experts([checkpoints[(s, fold)] for s in merged], device)
         surv = predict(module, bags, device)[0]
@@ -244,7 +262,7 @@ def run_baseline_fold(
     else:
         sources = source_pool(cache_h5, split, target, fold, settings.candidates, settings.threshold)
         data = {"bags": bags, "checkpoints": checkpoints}
-        if settings.method in ("head", "mlp"):
+        if not needs_bags(settings.method):
             data = {"emb": read_embeddings(cache_h5, [(s, fold) for s in sources], ids), "checkpoints": checkpoints}
         chosen, scores = choose_source(settings.method, sources, split, fold, train, settings, device, **data)
         module, edges, history = fine_tune(settings.method, (chosen, fold), np.flatnonzero(is_train), times, events,
