@@ -47,7 +47,7 @@ def write_fold_outputs(
     """Write one outer fold's predictions TSV and metrics JSON; ``risk`` defaults to −Σ S_t."""
     train = (split["fold"] != fold).to_numpy()
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
-    risk = risk_from_survival(surv) if risk is None else np.asarray(risk, float)
+    risk = risk_from_survival(surv) if risk is None else np.asarray(risk)  # its own dtype: the TSV keeps its digits
     preds = pd.DataFrame({"patient_id": split["patient_id"].to_numpy(), "fold": fold, "split": np.where(train, "train", "test"),
                           "time": times, "event": events, "risk": risk})
     preds = pd.concat([preds, pd.DataFrame(surv, columns=[f"S_{k}" for k in range(surv.shape[1])])], axis=1)
