@@ -94,6 +94,30 @@ def test_build_labels_endpoint_column_absent_raises():
         build_labels(clin, _samples(), "DSS")
 
 
+@pytest.mark.parametrize(
+    ("dead", "alive"),
+    [("Dead", "Alive"), ("DECEASED", "living"), ("1:DECEASED", "0:LIVING"),
+     ("1:Recurred/Progressed", "0:DiseaseFree"), ("1:DEAD WITH TUMOR", "0:ALIVE OR DEAD TUMOR FREE")],
+)
+def test_build_labels_maps_text_event_codings(tmp_path, dead, alive):
+    """Text codings (cBioPortal, clinical exports) become 1/0, read back from a TSV as the rule reads it."""
+    clin = _clinical()
+    clin["OS"] = [dead if e == 1 else alive for e in clin["OS"]]
+    clin.loc[1, "OS"] = "[Not Available]"  # TCGA's placeholder stays a missing value
+    path = tmp_path / "clinical.tsv"
+    clin.to_csv(path, sep="\t", index=False)
+    labels, excl = build_labels(read_clinical(path), _samples(), "OS")
+    assert dict(zip(labels["patient_id"], labels["event"])) == {"TCGA-AA-0001": 1, "TCGA-AA-0007": 0}
+    assert _reasons(excl)["TCGA-AA-0002"] == "missing OS"
+
+
+def test_build_labels_rejects_an_unknown_event_coding():
+    clin = _clinical()
+    clin["OS"] = clin["OS"].map({1: "Exitus", 0: "Alive"})
+    with pytest.raises(ValueError, match=r"cdr.tsv: column 'OS' has event coding\(s\) \['Exitus'\]; code events as 1/0, Dead/Alive"):
+        build_labels(clin, _samples(), "OS", source="cdr.tsv")
+
+
 def test_read_clinical_missing_type_names_file(tmp_path):
     path = tmp_path / "cdr.tsv"
     _clinical().drop(columns=["type"]).to_csv(path, sep="\t", index=False)
