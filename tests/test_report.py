@@ -199,6 +199,42 @@ def test_roupkt_table_compares_with_the_own_expert(built, tmp_path):
     assert "top-3" in html
 
 
+def test_a_mean_over_fewer_folds_says_how_many(built, tmp_path):
+    """A fold without a comparable pair (C = NaN) is left out of the mean: the cell says "over 2 of 3 folds"."""
+    root, args, _, _, _ = built
+    summary = pd.read_csv(args["inputs"].summary, sep="\t")
+    summary.loc[summary["cancer"] == "AAA", "c_index_folds"] = "0.7000,nan,0.6000"
+    summary.loc[summary["cancer"] == "AAA", "c_index_mean"] = 0.65
+    summary.to_csv(tmp_path / "summary.tsv", sep="\t", index=False)
+    roupkt = summary.assign(c_index_folds="nan,0.5000,nan", model="roupkt")
+    roupkt.loc[roupkt["cancer"] == "BBB", "c_index_folds"] = "0.5000,0.6000,0.7000"
+    roupkt.to_csv(tmp_path / "roupkt.tsv", sep="\t", index=False)
+    out = tmp_path / "index.html"
+    build_report(replace(args["inputs"], summary=tmp_path / "summary.tsv", roupkt=tmp_path / "roupkt.tsv"),
+                 ReportOutputs(out), args["settings"])
+    html = out.read_text()
+    experts = {m[0]: m[1] for m in re.findall(r"<tr><td>(\w+)</td><td>\d+</td><td data-c[^>]*>([^<]*(?:<span[^>]*>[^<]*</span>)?)</td>",
+                                               _table(html, "expert-table"))}
+    assert "over 2 of 3 folds" in experts["AAA"] and "over" not in experts["BBB"] + experts["CCC"], experts
+    rows = dict(re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", _table(html, "roupkt-table")))
+    assert rows["AAA"].count("over 2 of 3 folds") == 1 and "over 1 of 3 folds" in rows["AAA"]  # own expert; ROUPKT
+    assert "over" not in rows["BBB"] and "over 1 of 3 folds" in rows["CCC"]
+    assert "over the 3 folds:" not in _table(html, "roupkt-table")
+
+
+def test_slides_are_counted_per_patient_and_cancer(built, tmp_path):
+    """A patient listed under two cancers: each cancer counts only the slides listed under it."""
+    _, args, _, _, _ = built
+    samples = pd.read_csv(args["inputs"].samples, sep="\t")
+    own = int((samples["cancer"] == "AAA").sum())
+    other = dict(samples.iloc[0], slide_id="AAA-000-01Z-00-DX9", cancer="BBB")  # AAA-000 also listed under BBB
+    pd.concat([samples, pd.DataFrame([other])]).to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    numbers = build_report(replace(args["inputs"], samples=tmp_path / "samples.tsv"), ReportOutputs(tmp_path / "i.html"),
+                           args["settings"])
+    cohort = numbers["cohort"].set_index("cancer")
+    assert cohort.at["AAA", "slides"] == own == cohort.at["AAA", "patients"]  # one slide per analysed patient
+
+
 def test_harrell_c_batch_equals_sksurv():
     from sksurv.metrics import concordance_index_censored
 

@@ -19,6 +19,7 @@ from wsikt.core.io import atomic_path, write_text, write_tsv
 from wsikt.report.data import (
     b64,
     cohort_table,
+    folds_covered,
     positive_transfer,
     read_exclusions,
     read_tsvs,
@@ -106,9 +107,11 @@ class ReportData:
 
 
 def _expert_table(summary: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    metrics = metrics.drop(columns=[c for c in metrics.columns if c in summary.columns and c != "cancer"])  # folds: the summary's
     experts = summary.merge(metrics, on="cancer", how="left") if len(metrics) else summary.assign(ci_low=np.nan, ci_high=np.nan)
     if "null_folds" not in experts:  # a summary written before the null gate
         experts["null_folds"] = 0
+    experts["c_index_n"] = experts["c_index_folds"].map(folds_covered)  # folds with a comparable pair
     return experts
 
 

@@ -56,7 +56,7 @@ def cohort_table(analysed: pd.DataFrame, samples: pd.DataFrame, exclusions: pd.D
         rows.append({
             "cancer": cancer,
             "patients": int(len(g)),
-            "slides": int(samples["patient_id"].isin(g["patient_id"]).sum()),
+            "slides": int((samples["patient_id"].isin(g["patient_id"]) & (samples["cancer"] == cancer)).sum()),
             "events": int(e.sum()),
             "censored_pct": 100.0 * (1 - e.mean()) if len(e) else float("nan"),
             "followup_median_days": reverse_km_median(t, e),
@@ -65,6 +65,14 @@ def cohort_table(analysed: pd.DataFrame, samples: pd.DataFrame, exclusions: pd.D
             "excluded_splits": int((ex["stage"] == "splits").sum()),
         })
     return pd.DataFrame(rows)
+
+
+def folds_covered(c_index_folds: object) -> int:
+    """How many per-fold C values (a summary's comma-separated ``c_index_folds``) are finite: folds
+    without a comparable pair give NaN and are left out of the mean."""
+    if not isinstance(c_index_folds, str):
+        return 0
+    return int(np.isfinite(pd.to_numeric(pd.Series(c_index_folds.split(",")), errors="coerce")).sum())
 
 
 def sample_qc(qc_pngs: list[str | Path], samples: pd.DataFrame, max_qc: int) -> tuple[list[dict], int]:
@@ -104,11 +112,16 @@ def positive_transfer(matrix: pd.DataFrame, thresholds=POSITIVE_THRESHOLDS) -> p
 
 
 def roupkt_table(experts: pd.DataFrame, roupkt_tsv, baseline_tsvs: dict) -> pd.DataFrame:
-    """Per target: own expert's mean test C, ROUPKT's, their difference, and each baseline's."""
+    """Per target: own expert's mean test C, ROUPKT's, their difference, and each baseline's; with the
+    folds each mean covers (``expert_n``, ``roupkt_n``) and the folds run (``folds``)."""
     if roupkt_tsv is None:
-        return pd.DataFrame(columns=["cancer", "expert", "roupkt", "delta"])
-    r = pd.read_csv(roupkt_tsv, sep="\t")[["cancer", "c_index_mean"]].rename(columns={"c_index_mean": "roupkt"})
-    out = experts[["cancer", "c_index_mean"]].rename(columns={"c_index_mean": "expert"}).merge(r, on="cancer")
+        return pd.DataFrame(columns=["cancer", "expert", "roupkt", "delta", "expert_n", "roupkt_n", "folds"])
+    r = pd.read_csv(roupkt_tsv, sep="\t")
+    r = pd.DataFrame({"cancer": r["cancer"], "roupkt": r["c_index_mean"],
+                      "roupkt_n": r.get("c_index_folds", pd.Series(index=r.index, dtype=object)).map(folds_covered)})
+    e = pd.DataFrame({"cancer": experts["cancer"], "expert": experts["c_index_mean"], "folds": experts["folds"],
+                      "expert_n": experts["c_index_folds"].map(folds_covered)})
+    out = e.merge(r, on="cancer")
     out["delta"] = out["roupkt"] - out["expert"]
     for method, path in sorted(baseline_tsvs.items()):
         b = pd.read_csv(path, sep="\t")[["cancer", "c_index_mean"]].rename(columns={"c_index_mean": method})
