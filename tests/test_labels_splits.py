@@ -311,3 +311,56 @@ def test_training_time_bins_ignore_test_patients():
                 np.testing.assert_array_equal(edges, edges2)
                 # the inner split of the training patients does not see the outer test fold either
                 pd.testing.assert_series_equal(inner_folds(s, k, n_inner, seed), inner_folds(changed, k, n_inner, seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cohort screen before any job (the workflow runs it while parsing)
+# ---------------------------------------------------------------------------------------------
+
+
+def _two_cancers(events_b: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    samples = pd.DataFrame([(f"{c}-{i}-DX1", f"{c}-{i}", c) for c in ("AAA", "BBB") for i in range(6)],
+                           columns=["slide_id", "patient_id", "cancer"])
+    clinical = pd.DataFrame({"bcr_patient_barcode": samples["patient_id"], "type": samples["cancer"],
+                             "OS": [i % 2 if c == "AAA" else int(i < events_b) for c, i in
+                                    zip(samples["cancer"], list(range(6)) * 2)],
+                             "OS.time": 100 + np.arange(12)})
+    return samples, clinical
+
+
+def test_screen_leaves_out_a_cancer_without_events_with_its_reason():
+    from wsikt.cohort.screen import screen_cancers
+
+    samples, clinical = _two_cancers(events_b=0)
+    out = screen_cancers(samples, clinical, "OS", folds=3, source="clin.tsv")
+    assert list(out) == ["BBB"] and "no OS event among its 6 labelled patients" in out["BBB"] and "clin.tsv" in out["BBB"]
+    assert screen_cancers(*_two_cancers(events_b=1), "OS", folds=3) == {}
+
+
+def test_screen_stops_when_labelled_patients_cannot_fill_the_folds_or_no_cancer_has_events():
+    from wsikt.cohort.screen import screen_cancers
+    from wsikt.config.validate import ConfigError
+
+    samples, clinical = _two_cancers(events_b=1)
+    clinical.loc[clinical["type"] == "AAA", "OS"] = "[Not Available]"
+    clinical.loc[0, "OS"] = 1
+    with pytest.raises(ConfigError, match=r"^clin.tsv: cancer AAA: 1 of its 6 patients have OS labels \(missing OS 5\), "
+                                          r"fewer than experts.folds 3; .*lower experts.folds"):
+        screen_cancers(samples, clinical, "OS", folds=3, source="clin.tsv")
+    samples, clinical = _two_cancers(events_b=0)
+    clinical["OS"] = 0
+    with pytest.raises(ConfigError, match="no cancer of the sample sheet has a single OS event"):
+        screen_cancers(samples, clinical, "OS", folds=3, source="clin.tsv")
+
+
+def test_xlsx_clinical_tables_are_read_once_then_from_the_cache(tmp_path, monkeypatch):
+    from wsikt.cohort import screen
+
+    _, clinical = _two_cancers(events_b=1)
+    path = tmp_path / "cdr.xlsx"
+    clinical.to_excel(path, index=False)
+    first = screen.read_clinical_cached(path, tmp_path / "cache")
+    monkeypatch.setattr(screen, "read_clinical", lambda p: pytest.fail("read the xlsx again"))
+    again = screen.read_clinical_cached(path, tmp_path / "cache")
+    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first, clinical)

@@ -235,6 +235,15 @@ def test_slides_are_counted_per_patient_and_cancer(built, tmp_path):
     assert cohort.at["AAA", "slides"] == own == cohort.at["AAA", "patients"]  # one slide per analysed patient
 
 
+def test_cancers_left_out_before_any_job_are_shown_with_their_reason(built, tmp_path):
+    _, args, _, html, _ = built
+    assert 'id="excluded-cancers"' not in html
+    why = "no OS event among its 9 labelled patients: the C-index is undefined on every fold"
+    build_report(args["inputs"], ReportOutputs(tmp_path / "i.html"), replace(args["settings"], excluded_cancers={"ZZZ": why}))
+    table = _table((tmp_path / "i.html").read_text(), "excluded-cancers")
+    assert re.findall(r"<tr><td>(\w+)</td><td[^>]*>([^<]*)</td></tr>", table) == [("ZZZ", why)]
+
+
 def test_harrell_c_batch_equals_sksurv():
     from sksurv.metrics import concordance_index_censored
 

@@ -87,6 +87,7 @@ class ReportSettings:
     n_boot: int = N_BOOT
     seed: int = BOOT_SEED
     roupkt_topk: int = 5
+    excluded_cancers: dict[str, str] = field(default_factory=dict)  # cancer → why the workflow left it out
 
 
 @dataclass
@@ -150,6 +151,7 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
         totals={"patients": int(cohort["patients"].sum()) if len(cohort) else 0,
                 "slides": int(cohort["slides"].sum()) if len(cohort) else 0, "cancers": len(cohort)},
         cohort=cohort.to_dict("records"), exclusions=exclusions.to_dict("records"),
+        excluded_cancers=dict(sorted(settings.excluded_cancers.items())),
         exclusion_reasons=exclusions.groupby(["stage", "reason"]).size().reset_index(name="n").to_dict("records") if len(exclusions) else [],
         experts=data.experts.to_dict("records"), km=b64(figures["km"]) if data.groups else None,
         n_boot=settings.n_boot, seed=settings.seed, n_eval_times=N_EVAL_TIMES, min_test_events=MIN_TEST_EVENTS,
