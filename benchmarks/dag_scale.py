@@ -8,8 +8,9 @@
 Writes, into a temporary copy of the repository (Snakefile, workflow, config, profiles), a sample
 sheet of N slides over C cancers (~1.1 slides per patient, TCGA-style barcodes), a TCGA-CDR-style
 clinical table and a config with ``demo.enabled: false``. The slide files are created empty:
-a slide is an input file that no rule makes, so a dry run with a missing slide stops with
-MissingInputException (``--missing`` shows that). Then it times ``snakemake -n --quiet`` end to end
+a slide is an input file that no rule makes, so the workflow checks that each exists while it parses
+(``--missing`` dry-runs with every file absent: with ``preprocess.on_error: skip`` each slide is then
+excluded with a warning naming its sheet row; ``fail`` stops at the first). Then it times ``snakemake -n --quiet`` end to end
 (process start to exit, best of --repeat) and counts the jobs from a normal ``snakemake -n``.
 Finally a dry run under ``--profile profiles/slurm`` counts the feature-extraction submissions: one
 sbatch per feature batch job (rules ``extract_features_<cancer>_<id>``; goal ≤ slides / 25).

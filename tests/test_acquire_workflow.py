@@ -46,10 +46,19 @@ def _tcga_copy(tmp_path: Path, base_url: str) -> Path:
     cfg = yaml.safe_load((workdir / "config/tcga.yaml").read_text())
     cfg["gdc"].update(projects=PROJECTS, base_url=base_url)
     cfg["clinical"] = "resources/tcga/cdr.tsv"
+    cfg["experts"]["folds"] = 3  # the loopback GDC has 3 patients per project
     (workdir / "config/test_tcga.yaml").write_text(yaml.safe_dump(cfg))
-    (workdir / "resources/tcga").mkdir(parents=True)
-    (workdir / "resources/tcga/cdr.tsv").write_text("bcr_patient_barcode\ttype\tOS\tOS.time\n")
+    _write_cdr(workdir / "resources/tcga/cdr.tsv", {code * 2: [f"TCGA-{code}-{i:04d}" for i in range(14)]
+                                                    for code in ("AA", "BB", "CC", "DD")})
     return workdir
+
+
+def _write_cdr(path: Path, patients: dict[str, list[str]]) -> None:
+    """A TCGA-CDR-style table for these patients (cancer → barcodes): every other patient has an OS event."""
+    rows = [dict(bcr_patient_barcode=p, type=cancer, OS=i % 2, **{"OS.time": 100 + i})
+            for cancer, ps in patients.items() for i, p in enumerate(ps)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
 
 
 def test_query_runs_once_then_downloads_are_per_slide_jobs(gdc, tmp_path):
@@ -109,7 +118,7 @@ def test_tcga_dry_run_from_recorded_sheet_needs_no_network(tmp_path):
     spj = yaml.safe_load((workdir / "config/test_tcga.yaml").read_text())["features"]["slides_per_job"]
     by_cancer = pd.DataFrame(rows).groupby("cancer")["slide_id"].apply(list).to_dict()
     assert jobs["extract_features"] == len(plan_batches(by_cancer, spj)) < 12  # one job per batch of slides
-    assert jobs["train_expert"] == 2 * 5
+    assert jobs["train_expert"] == 2 * yaml.safe_load((workdir / "config/test_tcga.yaml").read_text())["experts"]["folds"]
 
 
 def test_labels_from_an_xlsx_cdr_table(tmp_path):
@@ -216,7 +225,7 @@ def test_minimal_user_config_takes_documented_defaults_not_the_demos(tmp_path):
     """A config with only samples, clinical and demo off trains with the schema's (CROPKT) defaults."""
     workdir = copy_repo(tmp_path / "repo")
     _recorded_sheet(workdir, "resources/own/samples.tsv")
-    (workdir / "resources/own/clinical.tsv").write_text("bcr_patient_barcode\ttype\tOS\tOS.time\n")
+    _write_cdr(workdir / "resources/own/clinical.tsv", {"AAAA": [f"TCGA-AA-{i:04d}" for i in range(6)]})
     (workdir / "config/own.yaml").write_text(yaml.safe_dump(
         {"samples": "resources/own/samples.tsv", "clinical": "resources/own/clinical.tsv", "demo": {"enabled": False}}))
     cfg = _effective_config(workdir, "config/own.yaml")

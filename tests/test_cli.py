@@ -81,3 +81,16 @@ def test_bad_input_is_one_clear_line_and_leaves_no_output(fixture_slides, tmp_pa
     assert res.returncode != 0
     assert "broken.svs" in (tmp_path / "x.log").read_text()  # the traceback and its cause are in the job's log
     assert not (tmp_path / "p.h5").exists()
+
+
+def test_a_slide_given_as_nothing_is_recorded_as_failed(tmp_path):
+    """The workflow renders a missing sample-sheet path (on_error: skip) as a bare --slide: empty outputs, status failed."""
+    args = _preprocess_args(Path("x"), tmp_path, SETTINGS, on_error="skip", log=tmp_path / "x.log")
+    args[args.index("--slide") + 1: args.index("--slide") + 2] = []  # `--slide --slide-id cmu`
+    res = _cli(*args)
+    assert res.returncode == 0, res.stderr
+    from wsikt.preprocess.pipeline import read_status
+
+    status = read_status(tmp_path / "p.h5")
+    assert (status.status, status.n_patches) == ("failed", 0) and status.reason.startswith("no slide file:")
+    assert "no slide file" in (tmp_path / "x.log").read_text()

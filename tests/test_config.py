@@ -198,6 +198,34 @@ def test_sample_sheet_bad_cancer_code_names_row():
     assert "row 2" in msg and "cancer" in msg
 
 
+def test_folds_larger_than_a_cancers_patients_names_cancer_count_and_key():
+    from wsikt.config.validate import check_folds
+
+    df = pd.concat([_samples(), _samples().assign(slide_id=lambda d: d["slide_id"] + "b")])  # two slides each
+    n = df.groupby("cancer")["patient_id"].nunique()
+    check_folds(df, int(n.min()), "s.tsv")
+    with pytest.raises(ConfigError) as err:
+        check_folds(df, int(n.min()) + 1, "s.tsv")
+    cancer = n.idxmin()
+    assert str(err.value) == (f"s.tsv: cancer {cancer} has {n.min()} patient(s), fewer than experts.folds {n.min() + 1}; "
+                              "lower experts.folds or drop the cancer's rows from the sample sheet")
+
+
+def test_missing_slide_files_are_listed_by_sheet_row(tmp_path):
+    from wsikt.config.validate import missing_slide_line, missing_slides
+
+    df = _samples()
+    for i, sid in enumerate(df["slide_id"]):
+        df.loc[i, "path"] = str(tmp_path / f"{sid}.svs")
+        if i != 1:
+            (tmp_path / f"{sid}.svs").write_bytes(b"")
+    missing = missing_slides(df)
+    assert missing.values.tolist() == [[3, df.at[1, "slide_id"], str(tmp_path / f"{df.at[1, 'slide_id']}.svs")]]
+    line = missing_slide_line(*missing.iloc[0], "s.tsv")
+    assert line.startswith(f"s.tsv: row 3 (slide {df.at[1, 'slide_id']}): slide file {missing.at[0, 'path']} not found")
+    assert "\n" not in line and "on_error: skip" in line
+
+
 @pytest.mark.parametrize(
     ("edit", "key"),
     [

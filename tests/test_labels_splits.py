@@ -94,6 +94,30 @@ def test_build_labels_endpoint_column_absent_raises():
         build_labels(clin, _samples(), "DSS")
 
 
+@pytest.mark.parametrize(
+    ("dead", "alive"),
+    [("Dead", "Alive"), ("DECEASED", "living"), ("1:DECEASED", "0:LIVING"),
+     ("1:Recurred/Progressed", "0:DiseaseFree"), ("1:DEAD WITH TUMOR", "0:ALIVE OR DEAD TUMOR FREE")],
+)
+def test_build_labels_maps_text_event_codings(tmp_path, dead, alive):
+    """Text codings (cBioPortal, clinical exports) become 1/0, read back from a TSV as the rule reads it."""
+    clin = _clinical()
+    clin["OS"] = [dead if e == 1 else alive for e in clin["OS"]]
+    clin.loc[1, "OS"] = "[Not Available]"  # TCGA's placeholder stays a missing value
+    path = tmp_path / "clinical.tsv"
+    clin.to_csv(path, sep="\t", index=False)
+    labels, excl = build_labels(read_clinical(path), _samples(), "OS")
+    assert dict(zip(labels["patient_id"], labels["event"])) == {"TCGA-AA-0001": 1, "TCGA-AA-0007": 0}
+    assert _reasons(excl)["TCGA-AA-0002"] == "missing OS"
+
+
+def test_build_labels_rejects_an_unknown_event_coding():
+    clin = _clinical()
+    clin["OS"] = clin["OS"].map({1: "Exitus", 0: "Alive"})
+    with pytest.raises(ValueError, match=r"cdr.tsv: column 'OS' has event coding\(s\) \['Exitus'\]; code events as 1/0, Dead/Alive"):
+        build_labels(clin, _samples(), "OS", source="cdr.tsv")
+
+
 def test_read_clinical_missing_type_names_file(tmp_path):
     path = tmp_path / "cdr.tsv"
     _clinical().drop(columns=["type"]).to_csv(path, sep="\t", index=False)
@@ -287,3 +311,56 @@ def test_training_time_bins_ignore_test_patients():
                 np.testing.assert_array_equal(edges, edges2)
                 # the inner split of the training patients does not see the outer test fold either
                 pd.testing.assert_series_equal(inner_folds(s, k, n_inner, seed), inner_folds(changed, k, n_inner, seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cohort screen before any job (the workflow runs it while parsing)
+# ---------------------------------------------------------------------------------------------
+
+
+def _two_cancers(events_b: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    samples = pd.DataFrame([(f"{c}-{i}-DX1", f"{c}-{i}", c) for c in ("AAA", "BBB") for i in range(6)],
+                           columns=["slide_id", "patient_id", "cancer"])
+    clinical = pd.DataFrame({"bcr_patient_barcode": samples["patient_id"], "type": samples["cancer"],
+                             "OS": [i % 2 if c == "AAA" else int(i < events_b) for c, i in
+                                    zip(samples["cancer"], list(range(6)) * 2)],
+                             "OS.time": 100 + np.arange(12)})
+    return samples, clinical
+
+
+def test_screen_leaves_out_a_cancer_without_events_with_its_reason():
+    from wsikt.cohort.screen import screen_cancers
+
+    samples, clinical = _two_cancers(events_b=0)
+    out = screen_cancers(samples, clinical, "OS", folds=3, source="clin.tsv")
+    assert list(out) == ["BBB"] and "no OS event among its 6 labelled patients" in out["BBB"] and "clin.tsv" in out["BBB"]
+    assert screen_cancers(*_two_cancers(events_b=1), "OS", folds=3) == {}
+
+
+def test_screen_stops_when_labelled_patients_cannot_fill_the_folds_or_no_cancer_has_events():
+    from wsikt.cohort.screen import screen_cancers
+    from wsikt.config.validate import ConfigError
+
+    samples, clinical = _two_cancers(events_b=1)
+    clinical.loc[clinical["type"] == "AAA", "OS"] = "[Not Available]"
+    clinical.loc[0, "OS"] = 1
+    with pytest.raises(ConfigError, match=r"^clin.tsv: cancer AAA: 1 of its 6 patients have OS labels \(missing OS 5\), "
+                                          r"fewer than experts.folds 3; .*lower experts.folds"):
+        screen_cancers(samples, clinical, "OS", folds=3, source="clin.tsv")
+    samples, clinical = _two_cancers(events_b=0)
+    clinical["OS"] = 0
+    with pytest.raises(ConfigError, match="no cancer of the sample sheet has a single OS event"):
+        screen_cancers(samples, clinical, "OS", folds=3, source="clin.tsv")
+
+
+def test_xlsx_clinical_tables_are_read_once_then_from_the_cache(tmp_path, monkeypatch):
+    from wsikt.cohort import screen
+
+    _, clinical = _two_cancers(events_b=1)
+    path = tmp_path / "cdr.xlsx"
+    clinical.to_excel(path, index=False)
+    first = screen.read_clinical_cached(path, tmp_path / "cache")
+    monkeypatch.setattr(screen, "read_clinical", lambda p: pytest.fail("read the xlsx again"))
+    again = screen.read_clinical_cached(path, tmp_path / "cache")
+    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first, clinical)

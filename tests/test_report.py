@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import pandas as pd
 import pytest
 from browser_check import CHROMIUM, check_in_browser
 
-from wsikt.report.build import build_report, positive_transfer
+from wsikt.report.build import ReportInputs, ReportOutputs, ReportSettings, build_report
+from wsikt.report.data import positive_transfer
 from wsikt.report.facts import runtime_per_stage
 from wsikt.report.metrics import (
     FoldPredictions,
@@ -49,7 +51,7 @@ def _predictions(rng, patients, fold_of, k, signal=1.0) -> pd.DataFrame:
 
 
 def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds=3, seed=0) -> dict:
-    """A results/ tree shaped like the workflow's, with the arguments build_report needs."""
+    """A results/ tree shaped like the workflow's: build_report's inputs and settings."""
     rng = np.random.default_rng(seed)
     r = root / "results"
     samples, splits, excl, preds, qc, summary = [], [], [], [], [], []
@@ -105,12 +107,13 @@ def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds
             b = r / f"benchmarks/{stage}/sub/{j}.tsv"
             b.parent.mkdir(parents=True, exist_ok=True)
             b.write_text(f"s\th:m:s\tmax_rss\n{s + j}\t0:00:01\t10\n")
-    return dict(
-        summary_tsv=r / f"experts/{ENC}/{MODEL}/{EP}/summary.tsv", matrix_tsv=r / f"transfer/{ENC}/{MODEL}/{EP}/matrix.tsv",
-        split_tsvs=splits, samples_tsv=root / "samples.tsv", exclusion_tsvs=excl, qc_pngs=qc, prediction_tsvs=preds,
-        benchmark_dir=r / "benchmarks", config={"endpoint": EP, "demo": {"enabled": True, "seed": 7}, "report": {"max_qc_images": 5}},
-        endpoint=EP, encoder=ENC, model=MODEL, max_qc=5,
+    inputs = ReportInputs(
+        summary=r / f"experts/{ENC}/{MODEL}/{EP}/summary.tsv", matrix=r / f"transfer/{ENC}/{MODEL}/{EP}/matrix.tsv",
+        splits=splits, samples=root / "samples.tsv", excluded=excl, qc=qc, predictions=preds, benchmarks=r / "benchmarks",
     )
+    settings = ReportSettings(config={"endpoint": EP, "demo": {"enabled": True, "seed": 7}, "report": {"max_qc_images": 5}},
+                              endpoint=EP, encoder=ENC, model=MODEL, max_qc=5)
+    return {"inputs": inputs, "settings": settings}
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +121,8 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     args = make_tree(root)
     out = root / "results/report/index.html"
-    numbers = build_report(out, **args, out_km_png=root / "km.png", out_heatmap_png=root / "hm.png",
-                           out_metrics_tsv=root / "metrics.tsv")
+    numbers = build_report(args["inputs"], ReportOutputs(out, km=root / "km.png", heatmap=root / "hm.png",
+                                                         metrics=root / "metrics.tsv"), args["settings"])
     return root, args, out, out.read_text(), numbers
 
 
@@ -129,7 +132,7 @@ def _table(html: str, table_id: str) -> str:
 
 def test_expert_table_equals_summary_and_ci_contains_mean(built):
     _, args, _, html, _ = built
-    summary = pd.read_csv(args["summary_tsv"], sep="\t").set_index("cancer")
+    summary = pd.read_csv(args["inputs"].summary, sep="\t").set_index("cancer")
     rows = re.findall(r'<tr><td>(\w+)</td><td>(\d+)</td><td data-c="([0-9.]+)">.*?data-lo="([0-9.]+)" data-hi="([0-9.]+)"',
                       _table(html, "expert-table"))
     assert [r[0] for r in rows] == list(summary.index)
@@ -141,7 +144,7 @@ def test_expert_table_equals_summary_and_ci_contains_mean(built):
 
 def test_null_experts_are_named_under_the_expert_table(built):
     _, args, _, html, _ = built
-    summary = pd.read_csv(args["summary_tsv"], sep="\t").set_index("cancer")
+    summary = pd.read_csv(args["inputs"].summary, sep="\t").set_index("cancer")
     note = html.split('id="null-experts">')[1].split("</p>")[0]
     named = re.findall(r"(\w+) (\d+) of (\d+) folds", note)
     assert named and named == [(c, str(r.null_folds), str(r.folds)) for c, r in summary.iterrows() if r.null_folds]
@@ -149,7 +152,7 @@ def test_null_experts_are_named_under_the_expert_table(built):
 
 def test_transfer_table_and_positive_counts_equal_matrix(built):
     _, args, _, html, _ = built
-    matrix = pd.read_csv(args["matrix_tsv"], sep="\t")
+    matrix = pd.read_csv(args["inputs"].matrix, sep="\t")
     cells = [float(v) for v in re.findall(r'data-c="([0-9.]+)"', _table(html, "transfer-table"))]
     pivot = matrix.pivot(index="source", columns="target", values="c_index_mean")
     assert cells == pytest.approx(pivot.to_numpy().ravel().round(4).tolist(), abs=5e-5)
@@ -174,14 +177,14 @@ def test_page_is_self_contained_and_labelled(built):
 
 def test_roupkt_table_compares_with_the_own_expert(built, tmp_path):
     root, args, _, _, _ = built
-    summary = pd.read_csv(args["summary_tsv"], sep="\t")
+    summary = pd.read_csv(args["inputs"].summary, sep="\t")
     roupkt = summary.assign(c_index_mean=summary["c_index_mean"] + 0.01 * np.arange(len(summary)), model="roupkt")
     roupkt.to_csv(tmp_path / "roupkt.tsv", sep="\t", index=False)
     head = summary.assign(c_index_mean=0.42, model="baseline_head")
     head.to_csv(tmp_path / "head.tsv", sep="\t", index=False)
     out = tmp_path / "index.html"
-    numbers = build_report(out, **args, roupkt_summary_tsv=tmp_path / "roupkt.tsv",
-                           baseline_summary_tsvs={"head": tmp_path / "head.tsv"}, roupkt_topk=3)
+    inputs = replace(args["inputs"], roupkt=tmp_path / "roupkt.tsv", baselines={"head": tmp_path / "head.tsv"})
+    numbers = build_report(inputs, ReportOutputs(out), replace(args["settings"], roupkt_topk=3))
     table = numbers["roupkt"].set_index("cancer")
     for i, row in summary.reset_index(drop=True).iterrows():
         assert table.at[row["cancer"], "expert"] == row["c_index_mean"]
@@ -191,6 +194,51 @@ def test_roupkt_table_compares_with_the_own_expert(built, tmp_path):
     cells = re.findall(r'data-c="(\d\.\d+)"', _table(html, "roupkt-table"))
     assert [float(c) for c in cells] == pytest.approx(list(table["roupkt"]), abs=1e-4)
     assert "top-3" in html
+
+
+def test_a_mean_over_fewer_folds_says_how_many(built, tmp_path):
+    """A fold without a comparable pair (C = NaN) is left out of the mean: the cell says "over 2 of 3 folds"."""
+    root, args, _, _, _ = built
+    summary = pd.read_csv(args["inputs"].summary, sep="\t")
+    summary.loc[summary["cancer"] == "AAA", "c_index_folds"] = "0.7000,nan,0.6000"
+    summary.loc[summary["cancer"] == "AAA", "c_index_mean"] = 0.65
+    summary.to_csv(tmp_path / "summary.tsv", sep="\t", index=False)
+    roupkt = summary.assign(c_index_folds="nan,0.5000,nan", model="roupkt")
+    roupkt.loc[roupkt["cancer"] == "BBB", "c_index_folds"] = "0.5000,0.6000,0.7000"
+    roupkt.to_csv(tmp_path / "roupkt.tsv", sep="\t", index=False)
+    out = tmp_path / "index.html"
+    build_report(replace(args["inputs"], summary=tmp_path / "summary.tsv", roupkt=tmp_path / "roupkt.tsv"),
+                 ReportOutputs(out), args["settings"])
+    html = out.read_text()
+    experts = {m[0]: m[1] for m in re.findall(r"<tr><td>(\w+)</td><td>\d+</td><td data-c[^>]*>([^<]*(?:<span[^>]*>[^<]*</span>)?)</td>",
+                                               _table(html, "expert-table"))}
+    assert "over 2 of 3 folds" in experts["AAA"] and "over" not in experts["BBB"] + experts["CCC"], experts
+    rows = dict(re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", _table(html, "roupkt-table")))
+    assert rows["AAA"].count("over 2 of 3 folds") == 1 and "over 1 of 3 folds" in rows["AAA"]  # own expert; ROUPKT
+    assert "over" not in rows["BBB"] and "over 1 of 3 folds" in rows["CCC"]
+    assert "over the 3 folds:" not in _table(html, "roupkt-table")
+
+
+def test_slides_are_counted_per_patient_and_cancer(built, tmp_path):
+    """A patient listed under two cancers: each cancer counts only the slides listed under it."""
+    _, args, _, _, _ = built
+    samples = pd.read_csv(args["inputs"].samples, sep="\t")
+    own = int((samples["cancer"] == "AAA").sum())
+    other = dict(samples.iloc[0], slide_id="AAA-000-01Z-00-DX9", cancer="BBB")  # AAA-000 also listed under BBB
+    pd.concat([samples, pd.DataFrame([other])]).to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    numbers = build_report(replace(args["inputs"], samples=tmp_path / "samples.tsv"), ReportOutputs(tmp_path / "i.html"),
+                           args["settings"])
+    cohort = numbers["cohort"].set_index("cancer")
+    assert cohort.at["AAA", "slides"] == own == cohort.at["AAA", "patients"]  # one slide per analysed patient
+
+
+def test_cancers_left_out_before_any_job_are_shown_with_their_reason(built, tmp_path):
+    _, args, _, html, _ = built
+    assert 'id="excluded-cancers"' not in html
+    why = "no OS event among its 9 labelled patients: the C-index is undefined on every fold"
+    build_report(args["inputs"], ReportOutputs(tmp_path / "i.html"), replace(args["settings"], excluded_cancers={"ZZZ": why}))
+    table = _table((tmp_path / "i.html").read_text(), "excluded-cancers")
+    assert re.findall(r"<tr><td>(\w+)</td><td[^>]*>([^<]*)</td></tr>", table) == [("ZZZ", why)]
 
 
 def test_harrell_c_batch_equals_sksurv():
@@ -210,7 +258,7 @@ def test_harrell_c_batch_equals_sksurv():
 
 def test_bootstrap_ci_contains_mean_and_is_reproducible(built):
     _, args, _, _, _ = built
-    folds = [f for f in load_fold_predictions(args["prediction_tsvs"]) if f.cancer == "AAA"]
+    folds = [f for f in load_fold_predictions(args["inputs"].predictions) if f.cancer == "AAA"]
     a, b = bootstrap_c_index(folds, n_boot=300, seed=3), bootstrap_c_index(folds, n_boot=300, seed=3)
     assert (a.low, a.high) == (b.low, b.high)
     assert a.low <= a.mean <= a.high and a.high - a.low > 0.01 and a.n_valid == 300
@@ -220,7 +268,7 @@ def test_logrank_p_equals_lifelines(built):
     from lifelines.statistics import logrank_test
 
     _, args, _, html, numbers = built
-    folds = [f for f in load_fold_predictions(args["prediction_tsvs"]) if f.cancer == "BBB"]
+    folds = [f for f in load_fold_predictions(args["inputs"].predictions) if f.cancer == "BBB"]
     high, time, event = [], [], []
     for f in folds:
         t = f.table[f.table["split"] == "test"]
@@ -239,7 +287,7 @@ def test_td_auc_and_ibs_equal_sksurv(built):
     from sksurv.util import Surv
 
     _, args, _, html, numbers = built
-    f = next(f for f in load_fold_predictions(args["prediction_tsvs"]) if f.cancer == "AAA" and f.fold == 1)
+    f = next(f for f in load_fold_predictions(args["inputs"].predictions) if f.cancer == "AAA" and f.fold == 1)
     m = fold_time_metrics(f)
     assert np.isfinite(m.mean_auc) and np.isfinite(m.ibs) and len(m.times) >= 2
     tr, te = f.train, f.test
@@ -252,7 +300,7 @@ def test_td_auc_and_ibs_equal_sksurv(built):
     assert m.mean_auc == pytest.approx(ref_auc, rel=1e-12) and m.ibs == pytest.approx(ref_ibs, rel=1e-12)
     assert m.times.min() >= t_te[e_te].min() and m.times.max() < min(t_te.max(), horizon)
     # the page shows the mean over folds of these per-fold values
-    per_fold = [fold_time_metrics(g) for g in load_fold_predictions(args["prediction_tsvs"]) if g.cancer == "AAA"]
+    per_fold = [fold_time_metrics(g) for g in load_fold_predictions(args["inputs"].predictions) if g.cancer == "AAA"]
     shown = dict(re.findall(r'<tr><td>(\w+)</td>.*?data-ibs="([^"]+)"', _table(html, "expert-table")))
     assert float(shown["AAA"]) == pytest.approx(np.mean([p.ibs for p in per_fold]), abs=5e-5)
 
@@ -287,7 +335,7 @@ def test_bin_edges_come_from_the_folds_metrics_json_not_its_checkpoint(tmp_path)
 
 def test_runtime_sums_benchmarks_per_stage_without_the_report(built):
     _, args, _, _, _ = built
-    rt = runtime_per_stage(args["benchmark_dir"]).set_index("stage")
+    rt = runtime_per_stage(args["inputs"].benchmarks).set_index("stage")
     assert list(rt.index) == ["preprocess", "experts"]
     assert rt.at["preprocess", "total_s"] == pytest.approx(2 + 3 + 4) and rt.at["experts", "jobs"] == 4
 

@@ -293,11 +293,12 @@ def test_bad_slides_are_recorded_and_the_rest_completes(demo_run, fixture_slides
     # the same TCGA slide again, with the mpp override it needs
     rows.append(dict(slide_id="TCGA-CR-7395-override", patient_id="BAD-0005", cancer="SHRA",
                      path=str(fixture_slides / "TCGA-CR-7395-01A-01-TS1.svs"), mpp=0.25))
+    rows.append(dict(slide_id="gone", patient_id="BAD-0006", cancer="SHRA", path="resources/bad/gone.svs"))  # no file
     (demo_run / "resources/bad").mkdir(exist_ok=True)
     pd.concat([sheet, pd.DataFrame(rows)]).to_csv(demo_run / "resources/bad/samples.tsv", sep="\t", index=False)
     clinical = pd.read_csv(demo_run / "resources/demo/clinical.tsv", sep="\t")
-    extra = clinical[clinical["type"] == "SHRA"].head(5).copy()
-    extra["bcr_patient_barcode"] = list(bad.values()) + ["BAD-0005"]
+    extra = clinical[clinical["type"] == "SHRA"].head(6).copy()
+    extra["bcr_patient_barcode"] = list(bad.values()) + ["BAD-0005", "BAD-0006"]
     pd.concat([clinical, extra]).to_csv(demo_run / "resources/bad/clinical.tsv", sep="\t", index=False)
     cfg = demo_run / "config/bad.yaml"
     cfg.write_text(yaml.safe_dump({"demo": {"enabled": False}, "samples": "resources/bad/samples.tsv",
@@ -316,11 +317,60 @@ def test_bad_slides_are_recorded_and_the_rest_completes(demo_run, fixture_slides
     log = (demo_run / "logs/preprocess/unreadable.log").read_text()
     assert "failed to read tiles" in log
     excluded = pd.read_csv(demo_run / "results/splits/OS/SHRA.excluded.tsv", sep="\t").set_index("patient_id")
-    assert set(excluded.index) == {"BAD-0001", "BAD-0002", "BAD-0003", "BAD-0004"}
+    assert set(excluded.index) == {"BAD-0001", "BAD-0002", "BAD-0003", "BAD-0004", "BAD-0006"}
     assert "failed to read tiles" in excluded.at["BAD-0001", "reason"]
+    # a sample-sheet path that does not exist: named (row, slide, path) before any job, then excluded like the others
+    assert "row %d (slide gone): slide file resources/bad/gone.svs not found" % (len(sheet) + 7) in result.stderr
+    assert "gone: failed (no slide file" in excluded.at["BAD-0006", "reason"]
     split = pd.read_csv(demo_run / "results/splits/OS/SHRA.tsv", sep="\t", dtype={"patient_id": str})
     assert "BAD-0005" in set(split["patient_id"])  # rescued by its override, analysed with the rest
     assert len(split) == (sheet["cancer"] == "SHRA").groupby(sheet["patient_id"]).any().sum() + 1
+
+
+def _own_cohort(workdir: Path, dead: dict[str, str]) -> Path:
+    """A user config over 2 cancers × 6 patients (empty slide files; AAA-002's is absent); ``dead``: per
+    cancer the event coding of its odd patients (every other patient is censored)."""
+    own = workdir / "own"
+    (own / "slides").mkdir(parents=True)
+    sheet, clinical = [], []
+    for cancer in ("AAA", "BBB"):
+        for i in range(6):
+            pid = f"{cancer}-{i:03d}"
+            sheet.append(dict(slide_id=f"{pid}-DX1", patient_id=pid, cancer=cancer, path=f"own/slides/{pid}-DX1.svs"))
+            if pid != "AAA-002":
+                (own / "slides" / f"{pid}-DX1.svs").write_bytes(b"")
+            clinical.append(dict(bcr_patient_barcode=pid, type=cancer, OS=dead[cancer] if i % 2 else "Alive", **{"OS.time": 100 + i}))
+    pd.DataFrame(sheet).to_csv(own / "samples.tsv", sep="\t", index=False)
+    pd.DataFrame(clinical).to_csv(own / "clinical.tsv", sep="\t", index=False)
+    cfg = own / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"demo": {"enabled": False}, "samples": "own/samples.tsv", "clinical": "own/clinical.tsv",
+                                   "features": {"encoder": "demo"}, "experts": {"folds": 3}}))
+    return cfg
+
+
+def test_sheet_and_clinical_checks_run_before_any_job(tmp_path):
+    """Missing slide files, folds beyond a cancer's patients and a cancer without events: decided while parsing."""
+    workdir = copy_repo(tmp_path / "repo")
+    cfg = _own_cohort(workdir, dead={"AAA": "Dead", "BBB": "Alive"})  # BBB: no event at all
+    result = snakemake(workdir, "-n", "--configfile", str(cfg))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "own/samples.tsv: row 4 (slide AAA-002-DX1): slide file own/slides/AAA-002-DX1.svs not found" in out
+    assert "cancer BBB is left out: no OS event among its 6 labelled patients" in out
+    jobs = jobs_in_dry_run(result)
+    assert jobs["preprocess_slide"] == 6 and jobs["train_expert"] == 3 and jobs["make_splits"] == 1, jobs  # AAA only
+    assert "BBB-" not in result.stdout.split("Job stats")[0].replace("cancer BBB is left out", "")
+    assert "--slide  --slide-id AAA-002-DX1" in snakemake(workdir, "-n", "-p", "--configfile", str(cfg)).stdout
+
+    for override, line in (
+        ("preprocess:\n  on_error: fail\n",
+         "own/samples.tsv: row 4 (slide AAA-002-DX1): slide file own/slides/AAA-002-DX1.svs not found; correct the 'path' column"),
+        ("experts:\n  folds: 7\n", "own/samples.tsv: cancer AAA has 6 patient(s), fewer than experts.folds 7; lower experts.folds"),
+    ):
+        (workdir / "own/override.yaml").write_text(override)
+        failed = snakemake(workdir, "--cores", "1", "--configfile", str(cfg), "own/override.yaml")
+        assert failed.returncode != 0 and line in failed.stdout + failed.stderr, (failed.stdout + failed.stderr)[-3000:]
+        assert not (workdir / "results").exists() and not (workdir / "logs").exists()
 
 
 def test_ingested_features_replace_preprocessing_and_extraction(tmp_path):

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="{preprocess_slide,extract_features,ingest_features}")
 
     p = sub.add_parser("preprocess_slide", help=preprocess_slide.__doc__)
-    p.add_argument("--slide", required=True, help="the slide file")
+    p.add_argument("--slide", required=True, nargs="?", const="",
+                   help="the slide file (given empty: the sample sheet's path did not exist; the slide is recorded as failed)")
     p.add_argument("--slide-id", required=True)
     p.add_argument("--tissue", required=True, help="output GeoJSON of tissue contours")
     p.add_argument("--patches", required=True, help="output patch h5")

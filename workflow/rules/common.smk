@@ -14,7 +14,16 @@ from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
 from wsikt.acquire.tcga_cdr import names_tcga_cdr
-from wsikt.config.validate import read_samples, slide_path_pattern, validate_config
+from wsikt.cohort.screen import read_clinical_cached, screen_cancers
+from wsikt.config.validate import (
+    ConfigError,
+    check_folds,
+    missing_slide_line,
+    missing_slides,
+    read_samples,
+    slide_path_pattern,
+    validate_config,
+)
 from wsikt.features.batches import plan_batches
 from wsikt.features.settings import feature_params
 from wsikt.preprocess.settings import patch_params
@@ -60,6 +69,53 @@ else:
 FETCH_TCGA_CDR = not config["demo"]["enabled"] and names_tcga_cdr(CLINICAL)
 CLINICAL_INPUT = ancient(CLINICAL) if FETCH_TCGA_CDR else CLINICAL
 
+# Checks the sample sheet and clinical table allow, before any job: a cancer with fewer patients than
+# folds stops the run; a missing slide file stops it (on_error: fail) or is excluded like an unreadable
+# slide (skip); a cancer without a single event is left out of the DAG with its reason (report).
+USER_SLIDES = (
+    not config["demo"]["enabled"] and not config["gdc"]["projects"]
+)  # slide files no rule makes
+MISSING_SLIDES = {}
+if USER_SLIDES and not config["features"]["ingest"]:
+    _missing = missing_slides(SAMPLES)
+    if len(_missing) and config["preprocess"]["on_error"] == "fail":
+        raise ConfigError(missing_slide_line(*_missing.iloc[0], SAMPLES_TSV))
+    for _line, _slide, _path in _missing.head(10).itertuples(index=False):
+        logger.warning(
+            f"{SAMPLES_TSV}: row {_line} (slide {_slide}): slide file {_path} not found; "
+            "the slide is excluded (preprocess.on_error: skip)"
+        )
+    if len(_missing) > 10:
+        logger.warning(f"... and {len(_missing) - 10} more missing slide files")
+    MISSING_SLIDES = dict(zip(_missing["slide_id"], _missing["path"]))
+
+if not SAMPLES.empty:
+    check_folds(SAMPLES, config["experts"]["folds"], SAMPLES_TSV)
+
+if config["demo"]["enabled"]:
+    from wsikt.acquire.demo_cohort import clinical_table
+
+    # the table demo_cohort writes, known from the plan before any job
+    CLINICAL_TABLE = clinical_table(DEMO.patients, config["demo"]["seed"])
+elif Path(CLINICAL).exists():
+    CLINICAL_TABLE = read_clinical_cached(CLINICAL, Path(".snakemake") / "wsikt")
+elif USER_SLIDES and not FETCH_TCGA_CDR:
+    raise ConfigError(
+        f"config: clinical table {CLINICAL} (config key 'clinical') not found; set the key to your TCGA-CDR-style table"
+    )
+else:
+    CLINICAL_TABLE = None  # GDC, or the TCGA-CDR table still to fetch: checked by the labels job
+EXCLUDED_CANCERS = (
+    {}
+    if CLINICAL_TABLE is None or SAMPLES.empty
+    else screen_cancers(
+        SAMPLES, CLINICAL_TABLE, ENDPOINT, config["experts"]["folds"], str(CLINICAL)
+    )
+)
+for _cancer, _why in EXCLUDED_CANCERS.items():
+    logger.warning(f"cancer {_cancer} is left out: {_why}")
+SAMPLES = SAMPLES[~SAMPLES["cancer"].isin(EXCLUDED_CANCERS)]
+
 SAMPLES = SAMPLES.set_index("slide_id", drop=False)
 CANCERS = sorted(SAMPLES["cancer"].unique())
 SLIDES_BY_CANCER = SAMPLES.groupby("cancer")["slide_id"].apply(sorted).to_dict()
@@ -86,8 +142,25 @@ def get_slide_path(wildcards):
     return SLIDE_PATHS[wildcards.slide]
 
 
+def get_present_slide_path(wildcards):
+    """The slide file, or none for a missing one (on_error: skip): its job then records the slide as failed."""
+    return [] if wildcards.slide in MISSING_SLIDES else SLIDE_PATHS[wildcards.slide]
+
+
+def batch_slide_input(slide):
+    """A feature batch's input for one slide: the slide file, or for a missing slide its (empty) patch
+    file, which stands in for it (a slide without patches is never read)."""
+    return (
+        f"results/patches/{slide}.h5" if slide in MISSING_SLIDES else SLIDE_PATHS[slide]
+    )
+
+
 # A pattern when every slide is <folder>/<slide id><ext> (GDC downloads, the demo), else the lookup.
-SLIDE_INPUT = slide_path_pattern(SAMPLES["slide_id"], SAMPLES["path"]) or get_slide_path
+SLIDE_INPUT = (
+    get_present_slide_path
+    if MISSING_SLIDES
+    else slide_path_pattern(SAMPLES["slide_id"], SAMPLES["path"]) or get_slide_path
+)
 
 
 def get_mpp_override(wildcards):

@@ -32,7 +32,7 @@ else:
             name:
                 f"extract_features_{_batch}"
             input:
-                slide=[SLIDE_PATHS[s] for s in _slides],
+                slide=[batch_slide_input(s) for s in _slides],
                 patches=[f"results/patches/{s}.h5" for s in _slides],
             output:
                 [f"results/features/{ENCODER}/{s}.h5" for s in _slides],

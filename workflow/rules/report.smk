@@ -73,6 +73,7 @@ rule report:
         roupkt_topk=config["roupkt"]["topk"],
         baseline_methods=config["baselines"]["methods"],
         benchmarks="results/benchmarks",
+        excluded_cancers=EXCLUDED_CANCERS,
     script:
         "../scripts/report.py"
 

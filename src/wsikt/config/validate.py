@@ -133,6 +133,29 @@ def validate_samples(samples: pd.DataFrame, schema_path: str | Path, source: str
     return samples
 
 
+def check_folds(samples: pd.DataFrame, folds: int, source: str) -> None:
+    """Every cancer of the sample sheet has at least ``folds`` patients (config key experts.folds)."""
+    counts = samples.groupby("cancer")["patient_id"].nunique()
+    few = counts[counts < folds]
+    if len(few):
+        cancer, n = few.index[0], int(few.iloc[0])
+        raise ConfigError(f"{source}: cancer {cancer} has {n} patient(s), fewer than experts.folds {folds}; "
+                          f"lower experts.folds or drop the cancer's rows from the sample sheet")
+
+
+def missing_slides(samples: pd.DataFrame) -> pd.DataFrame:
+    """Sample-sheet rows whose slide file does not exist: ``row`` (the TSV's line), ``slide_id``, ``path``."""
+    rows = [(i + 2, sid, path) for i, (sid, path) in enumerate(zip(samples["slide_id"], samples["path"]))
+            if not Path(str(path)).is_file()]
+    return pd.DataFrame(rows, columns=["row", "slide_id", "path"])
+
+
+def missing_slide_line(line: int, slide_id: str, path: str, source: str) -> str:
+    """One line naming a missing slide's sample-sheet row, slide and path, and the fix."""
+    return (f"{source}: row {line} (slide {slide_id}): slide file {path} not found; correct the 'path' column or "
+            "remove the row (preprocess.on_error: skip excludes the slide instead)")
+
+
 def slide_path_pattern(slide_ids: "pd.Series | list[str]", paths: "pd.Series | list[str]") -> str | None:
     """A Snakemake pattern ``<prefix>{slide}<suffix>`` that gives every slide's path, or None.
 

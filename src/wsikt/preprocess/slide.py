@@ -23,6 +23,9 @@ class MissingMppError(SlideError):
 
 def open_slide(path: str | Path) -> openslide.OpenSlide:
     """Open a slide with OpenSlide, turning its errors into one clear line naming the file."""
+    if not str(path).strip():  # the workflow's stand-in for a sample-sheet path that did not exist (on_error: skip)
+        raise SlideError("no slide file: the sample sheet's path did not exist when the workflow started (its first "
+                         "lines name the row); correct the 'path' column and rerun")
     path = Path(path)
     if not path.exists():
         raise SlideError(f"{path}: slide file not found; check the 'path' column of the sample sheet")

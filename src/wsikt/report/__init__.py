@@ -1,5 +1,5 @@
 """The self-contained HTML report."""
 
-from wsikt.report.build import build_report
+from wsikt.report.build import ReportInputs, ReportOutputs, ReportSettings, build_report
 
-__all__ = ["build_report"]
+__all__ = ["ReportInputs", "ReportOutputs", "ReportSettings", "build_report"]
