@@ -29,11 +29,11 @@ from wsikt.preprocess.grid import (
 )
 from wsikt.preprocess.slide import ReadPlan, SlideError, open_slide, plan_read, slide_mpp
 from wsikt.preprocess.tissue import (
-    TissueMask,
+    SegmentationImage,
     empty_geojson,
-    read_level_rgb,
     resolve_segmentation,
-    segment_tissue,
+    segment_image,
+    segmentation_image,
     tissue_geojson,
     write_geojson,
 )
@@ -120,7 +120,8 @@ def _preprocess_open(slide: openslide.OpenSlide, slide_path, slide_id: str, outs
     mpp0 = slide_mpp(slide, mpp_override, name=f"{slide_id} ({slide_path})")
     seg = resolve_segmentation(settings.segmentation)
     plan = plan_read(slide.level_downsamples, mpp0, settings.target_mpp, settings.patch_size, settings.mpp_tolerance)
-    tissue = segment_tissue(slide, mpp0, seg)
+    image = segmentation_image(slide, mpp0, seg, name=str(slide_path), tolerance=settings.mpp_tolerance)
+    tissue = segment_image(image, mpp0, seg)
     if settings.grid == "clam":
         fine = clam_grid(tissue, plan.footprint, settings.contour_fn)
     else:
@@ -142,21 +143,21 @@ def _preprocess_open(slide: openslide.OpenSlide, slide_path, slide_id: str, outs
         log.warning("%s: %s", slide_id, reason)
     write_geojson(tissue_geojson(tissue, result.attrs()), out_geojson)
     write_patches_h5(out_patches, levels, plans, slide_id, slide, mpp0, result)
-    thumb, tds = _thumbnail(slide, tissue, settings.qc_max_side)
+    thumb, tds = _thumbnail(image, slide.dimensions, settings.qc_max_side)
     tissue_png = qc_tissue_image(thumb, tissue, tds)
     write_png(tissue_png, out_qc_tissue)
     write_png(qc_grid_image(tissue_png, levels, tds), out_qc_patches)
     return result
 
 
-def _thumbnail(slide: openslide.OpenSlide, tissue: TissueMask, max_side: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """The segmentation level, shrunk to at most ``max_side``, and its level-0 downsample."""
-    thumb = read_level_rgb(slide, tissue.level)
+def _thumbnail(image: SegmentationImage, level0_size: tuple[int, int], max_side: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """The segmentation image (read once, for both), shrunk to at most ``max_side``, and its level-0 downsample."""
+    thumb = image.rgb
     h, w = thumb.shape[:2]
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
         thumb = cv2.resize(thumb, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
-    return thumb, (slide.dimensions[0] / thumb.shape[1], slide.dimensions[1] / thumb.shape[0])
+    return thumb, (level0_size[0] / thumb.shape[1], level0_size[1] / thumb.shape[0])
 
 
 def level_attrs(plan: ReadPlan, slide_name: str, level0_size, level_dims, mpp0: float, target_mpp: float) -> dict:
