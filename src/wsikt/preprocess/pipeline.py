@@ -21,6 +21,7 @@ from wsikt.preprocess.grid import (
     CONTOUR_FNS,
     Level,
     clam_grid,
+    edge_overhang,
     global_grid,
     mag_name,
     nest_levels,
@@ -41,6 +42,11 @@ from wsikt.preprocess.tissue import (
 log = logging.getLogger("wsikt.preprocess.pipeline")
 
 STATUS_OK, STATUS_NO_TISSUE, STATUS_FAILED = "ok", "no_tissue", "failed"
+EDGE_POLICY = (
+    "finest level: whole cells only (partial cells at the right/bottom edges dropped); coarser levels: a "
+    "patch running past the slide edge is kept, the part outside is read as white, and 'overhang' holds "
+    "each patch's fraction outside the slide"
+)
 
 
 @dataclass(frozen=True)
@@ -193,7 +199,8 @@ def level_attrs(plan: ReadPlan, slide_name: str, level0_size, level_dims, mpp0: 
 
 def write_patches_h5(path, levels: list[Level], plans: list[ReadPlan], slide_name: str, slide: openslide.OpenSlide, mpp0: float, result: SlideResult) -> None:
     """Top-level ``coords`` = finest level (CLAM/TRIDENT readers), every level under ``mags/<name>``
-    with ``parent_<coarser>`` indices; root attrs carry the magnifications and the slide's status."""
+    with ``parent_<coarser>`` indices and ``overhang`` (fraction past the slide edge, read as white);
+    root attrs carry the magnifications, the slide's status and ``edge_policy``."""
     dims = [tuple(d) for d in slide.level_dimensions]
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -207,7 +214,9 @@ def write_patches_h5(path, levels: list[Level], plans: list[ReadPlan], slide_nam
                     d.attrs.update(attrs)
                 for coarse, parent in lv.parents.items():
                     group.create_dataset(f"parent_{coarse}", data=parent)
+                group.create_dataset("overhang", data=edge_overhang(lv.coords, lv.footprint, slide.dimensions))
             f.attrs["magnifications"] = [lv.name for lv in levels]
+            f.attrs["edge_policy"] = EDGE_POLICY
             f.attrs["primary"] = levels[0].name
             f.attrs.update(result.attrs())
 
@@ -229,7 +238,9 @@ def _write_empty(outs, result: SlideResult, settings: PatchSettings) -> None:
                 g.create_dataset("coords", data=np.zeros((0, 2), np.int64)).attrs.update({**attrs, "target_mpp": mpp})
                 for coarse in names[i + 1:]:
                     g.create_dataset(f"parent_{coarse}", data=np.zeros(0, np.int64))
+                g.create_dataset("overhang", data=np.zeros(0, np.float32))
             f.attrs["magnifications"] = names
+            f.attrs["edge_policy"] = EDGE_POLICY
             f.attrs["primary"] = names[0]
             f.attrs.update(result.attrs())
     card = _status_card(result)

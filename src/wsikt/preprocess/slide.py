@@ -162,7 +162,7 @@ def read_level_scaled(slide: openslide.OpenSlide, level: int, size: tuple[int, i
     out = np.empty((oh, ow, 3), np.uint8)
     for r0 in range(0, oh, rows):
         r1 = min(oh, r0 + rows)
-        y0, y1 = int(r0 * sy), min(h, int(math.ceil(r1 * sy)))
+        y0, y1 = int(round(r0 * sy)), min(h, int(round(r1 * sy)))  # exact strips when h / oh is an integer
         rgba = np.asarray(slide.read_region((0, int(round(y0 * ds))), level, (w, max(1, y1 - y0))))
         rgb = rgba[..., :3].copy()
         rgb[rgba[..., 3] == 0] = 255
