@@ -164,8 +164,16 @@ def read_level_scaled(slide: openslide.OpenSlide, level: int, size: tuple[int, i
         r1 = min(oh, r0 + rows)
         y0, y1 = int(round(r0 * sy)), min(h, int(round(r1 * sy)))  # exact strips when h / oh is an integer
         rgba = np.asarray(slide.read_region((0, int(round(y0 * ds))), level, (w, max(1, y1 - y0))))
-        rgb = rgba[..., :3].copy()
-        rgb[rgba[..., 3] == 0] = 255
-        del rgba
-        out[r0:r1] = rgb if rgb.shape[:2] == (r1 - r0, ow) else cv2.resize(rgb, (ow, r1 - r0), interpolation=cv2.INTER_AREA)
+        if rgba.shape[:2] != (r1 - r0, ow):
+            rgba = cv2.resize(rgba, (ow, r1 - r0), interpolation=cv2.INTER_AREA)
+        out[r0:r1] = _over_white(rgba)
     return out
+
+
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    """RGB of OpenSlide's RGBA (transparent pixels are 0, 0, 0, 0) composited over white; after an
+    area resize a pixel that was partly transparent is lightened by the transparent share."""
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return rgba[..., :3]
+    return np.minimum(rgba[..., :3].astype(np.uint16) + (255 - alpha), 255).astype(np.uint8)
