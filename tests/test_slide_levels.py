@@ -72,6 +72,16 @@ def test_20x_and_40x_scans_of_one_tissue_are_segmented_at_the_same_mpp(demo_slid
     assert a.any() and (a & b).sum() / (a | b).sum() >= 0.95
 
 
+def test_a_scan_coarser_than_the_segmentation_mpp_is_segmented_at_level_0_not_enlarged(demo_slide_pair):
+    slide = open_slide(demo_slide_pair[1])  # 0.5 µm/px; seg_downsample 1 asks for 0.25 µm/px
+    try:
+        tissue = segment_tissue(slide, 0.5, resolve_segmentation({**MPP_SEG, "seg_downsample": 1}))
+        size = slide.dimensions
+    finally:
+        slide.close()
+    assert tissue.level == 0 and tissue.mask.shape == size[::-1] and tissue.downsample == (1.0, 1.0)
+
+
 def _strips_and_one_read(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     slide = open_slide(path)
     try:

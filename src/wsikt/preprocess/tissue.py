@@ -135,7 +135,8 @@ def segmentation_image(
     slide: openslide.OpenSlide, mpp0: float | None, params: SegmentationParams, name: str = "slide", tolerance: float = 0.1
 ) -> SegmentationImage:
     """Read the image to segment, once. 'mpp' mode: at seg_downsample × 0.25 µm/px, from the level within
-    ``tolerance`` or the coarsest finer one shrunk strip by strip (any single-level slide fits in memory).
+    ``tolerance`` or the coarsest finer one shrunk strip by strip (any single-level slide fits in memory);
+    a scan coarser than that µm/px is segmented at level 0, never enlarged.
     'clam' mode: CLAM's level, read whole. ``name`` (the slide's path) heads any error."""
     if params.seg_level_by == "mpp":
         if mpp0 is None:
@@ -143,7 +144,9 @@ def segmentation_image(
         seg_mpp = params.seg_downsample * REFERENCE_MPP
         level, native = choose_level(tuple(slide.level_downsamples), mpp0, seg_mpp, tolerance)
         w0, h0 = slide.dimensions
-        size = slide.level_dimensions[level] if native else (max(1, round(w0 * mpp0 / seg_mpp)), max(1, round(h0 * mpp0 / seg_mpp)))
+        size = slide.level_dimensions[level]
+        if not native and seg_mpp > mpp0 * slide.level_downsamples[level]:  # shrink, never enlarge
+            size = (max(1, round(w0 * mpp0 / seg_mpp)), max(1, round(h0 * mpp0 / seg_mpp)))
         key = "raise preprocess.segmentation.seg_downsample"
     else:
         level = segmentation_level(slide, params.seg_downsample)
