@@ -1,7 +1,7 @@
 """The patch h5: wsikt's multi-magnification layout (written and read here), or CLAM's single-level one (read).
 
 Layout: top-level ``coords`` = the primary (finest) level, for CLAM/TRIDENT readers; every level
-under ``mags/<name>/coords`` with ``parent_<coarser>`` row indices; coords attrs carry CLAM's,
+under ``mags/<name>/coords`` with ``parent_<coarser>`` row indices and ``overhang`` (fraction past the slide edge); coords attrs carry CLAM's,
 TRIDENT's and wsikt's geometry; root attrs the magnifications, the primary and the slide's status
 (slide_id, status, reason, n_patches, mpp).
 """
@@ -41,6 +41,7 @@ class PatchLevel:
     coords: np.ndarray
     attrs: dict
     parents: dict[str, np.ndarray] = field(default_factory=dict)  # coarser level name → (N,) row index
+    overhang: np.ndarray | None = None  # (N,) fraction of each patch past the slide edge (read as white)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def read_patch_file(path: str | Path) -> PatchFile:
 
 
 def write_patch_file(path: str | Path, levels: Sequence[PatchLevel], status: dict) -> None:
-    """Write a patch h5 atomically: ``levels`` finest first (the primary), ``status`` as root attrs."""
+    """Write a patch h5 atomically: ``levels`` finest first (the primary), ``status`` (and edge_policy) as root attrs."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for i, lv in enumerate(levels):
             group = f.create_group(f"mags/{lv.name}")
@@ -124,6 +125,8 @@ def write_patch_file(path: str | Path, levels: Sequence[PatchLevel], status: dic
                 d.attrs.update(lv.attrs)
             for coarse, parent in lv.parents.items():
                 group.create_dataset(f"parent_{coarse}", data=np.asarray(parent, np.int64))
+            if lv.overhang is not None:
+                group.create_dataset("overhang", data=np.asarray(lv.overhang, np.float32))
         f.attrs["magnifications"] = [lv.name for lv in levels]
         f.attrs["primary"] = levels[0].name
         f.attrs.update(status)

@@ -92,6 +92,9 @@ def global_grid(
 ) -> np.ndarray:
     """Top-left level-0 coords (N, 2) int64 of full grid cells anchored at (0, 0), row-major.
 
+    Only whole cells: the partial cells at the right and bottom edges (less than ``footprint`` px
+    of slide left) are dropped, as CLAM and TRIDENT drop them.
+
     A cell is kept when, for some tissue contour, CLAM's ``contour_fn`` test passes and its centre
     lies in none of that contour's holes; then, if ``min_tissue_fraction`` > 0, when at least that
     fraction of it is tissue. ``contour_fn='none'`` keeps cells by tissue fraction alone.
@@ -119,6 +122,15 @@ def global_grid(
     if min_tissue_fraction > 0:
         coords = coords[tissue_fraction(tissue, coords, footprint) >= min_tissue_fraction]
     return coords
+
+
+def edge_overhang(coords: np.ndarray, footprint: int, level0_size: tuple[int, int]) -> np.ndarray:
+    """Fraction (N,) float32 of each ``footprint``-px cell that lies beyond the slide's right or bottom
+    edge: a coarse (context) cell holding the last fine cells can run past it, and is read as white there."""
+    coords = np.asarray(coords, np.int64).reshape(-1, 2)
+    inside_w = np.clip(level0_size[0] - coords[:, 0], 0, footprint)
+    inside_h = np.clip(level0_size[1] - coords[:, 1], 0, footprint)
+    return (1.0 - inside_w * inside_h / float(footprint * footprint)).astype(np.float32)
 
 
 def clam_grid(tissue: TissueMask, footprint: int, contour_fn: str = "four_pt", step: int | None = None) -> np.ndarray:

@@ -22,6 +22,7 @@ from wsikt.formats.patches_h5 import read_status as read_patch_status
 from wsikt.preprocess.grid import (
     Level,
     clam_grid,
+    edge_overhang,
     global_grid,
     nest_levels,
     qc_grid_image,
@@ -30,11 +31,11 @@ from wsikt.preprocess.grid import (
 from wsikt.preprocess.settings import PatchSettings
 from wsikt.preprocess.slide import ReadPlan, SlideError, open_slide, plan_read, slide_mpp
 from wsikt.preprocess.tissue import (
-    TissueMask,
+    SegmentationImage,
     empty_geojson,
-    read_level_rgb,
     resolve_segmentation,
-    segment_tissue,
+    segment_image,
+    segmentation_image,
     tissue_geojson,
     write_geojson,
 )
@@ -42,6 +43,11 @@ from wsikt.preprocess.tissue import (
 log = logging.getLogger("wsikt.preprocess.pipeline")
 
 STATUS_OK, STATUS_NO_TISSUE, STATUS_FAILED = "ok", "no_tissue", "failed"
+EDGE_POLICY = (
+    "finest level: whole cells only (partial cells at the right/bottom edges dropped); coarser levels: a "
+    "patch running past the slide edge is kept, the part outside is read as white, and 'overhang' holds "
+    "each patch's fraction outside the slide"
+)
 
 
 @dataclass
@@ -96,7 +102,8 @@ def _preprocess_open(slide: openslide.OpenSlide, slide_path, slide_id: str, outs
     mpp0 = slide_mpp(slide, mpp_override, name=f"{slide_id} ({slide_path})")
     seg = resolve_segmentation(settings.segmentation)
     plan = plan_read(slide.level_downsamples, mpp0, settings.target_mpp, settings.patch_size, settings.mpp_tolerance)
-    tissue = segment_tissue(slide, mpp0, seg)
+    image = segmentation_image(slide, mpp0, seg, name=str(slide_path), tolerance=settings.mpp_tolerance)
+    tissue = segment_image(image, mpp0, seg)
     if settings.grid == "clam":
         fine = clam_grid(tissue, plan.footprint, settings.contour_fn)
     else:
@@ -118,21 +125,21 @@ def _preprocess_open(slide: openslide.OpenSlide, slide_path, slide_id: str, outs
         log.warning("%s: %s", slide_id, reason)
     write_geojson(tissue_geojson(tissue, result.attrs()), out_geojson)
     _write_levels(out_patches, levels, plans, slide_id, slide, mpp0, result)
-    thumb, tds = _thumbnail(slide, tissue, settings.qc_max_side)
+    thumb, tds = _thumbnail(image, slide.dimensions, settings.qc_max_side)
     tissue_png = qc_tissue_image(thumb, tissue, tds)
     write_png(tissue_png, out_qc_tissue)
     write_png(qc_grid_image(tissue_png, levels, tds), out_qc_patches)
     return result
 
 
-def _thumbnail(slide: openslide.OpenSlide, tissue: TissueMask, max_side: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """The segmentation level, shrunk to at most ``max_side``, and its level-0 downsample."""
-    thumb = read_level_rgb(slide, tissue.level)
+def _thumbnail(image: SegmentationImage, level0_size: tuple[int, int], max_side: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """The segmentation image (read once, for both), shrunk to at most ``max_side``, and its level-0 downsample."""
+    thumb = image.rgb
     h, w = thumb.shape[:2]
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
         thumb = cv2.resize(thumb, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
-    return thumb, (slide.dimensions[0] / thumb.shape[1], slide.dimensions[1] / thumb.shape[0])
+    return thumb, (level0_size[0] / thumb.shape[1], level0_size[1] / thumb.shape[0])
 
 
 def level_attrs(plan: ReadPlan, slide_name: str, level0_size, level_dims, mpp0: float, target_mpp: float) -> dict:
@@ -167,10 +174,12 @@ def level_attrs(plan: ReadPlan, slide_name: str, level0_size, level_dims, mpp0: 
 
 
 def _write_levels(path, levels: list[Level], plans: list[ReadPlan], slide_name: str, slide: openslide.OpenSlide, mpp0: float, result: SlideResult) -> None:
-    """The patch h5 of a slide's aligned levels, each with its read geometry as coords attrs."""
+    """The patch h5 of a slide's aligned levels, each with its read geometry as coords attrs and its
+    ``overhang`` (fraction past the slide edge, read as white); root attrs add the ``edge_policy``."""
     dims = [tuple(d) for d in slide.level_dimensions]
-    write_patch_file(path, [PatchLevel(lv.name, lv.coords, level_attrs(plan, slide_name, slide.dimensions, dims, mpp0, lv.mpp), lv.parents)
-                            for lv, plan in zip(levels, plans)], result.attrs())
+    write_patch_file(path, [PatchLevel(lv.name, lv.coords, level_attrs(plan, slide_name, slide.dimensions, dims, mpp0, lv.mpp), lv.parents,
+                                       edge_overhang(lv.coords, lv.footprint, slide.dimensions))
+                            for lv, plan in zip(levels, plans)], {**result.attrs(), "edge_policy": EDGE_POLICY})
 
 
 def _write_empty(outs, result: SlideResult, settings: PatchSettings) -> None:
@@ -183,8 +192,9 @@ def _write_empty(outs, result: SlideResult, settings: PatchSettings) -> None:
     attrs = {"patch_level": 0, "patch_size": settings.patch_size, "read_level": 0, "read_size": settings.patch_size,
              "target_patch_size": settings.patch_size, "name": result.slide_id}
     empty = np.zeros((0, 2), np.int64)
-    write_patch_file(out_patches, [PatchLevel(name, empty, {**attrs, "target_mpp": mpp}, {c: np.zeros(0, np.int64) for c in names[i + 1:]})
-                                   for i, (name, mpp) in enumerate(zip(names, mpps))], result.attrs())
+    write_patch_file(out_patches, [PatchLevel(name, empty, {**attrs, "target_mpp": mpp}, {c: np.zeros(0, np.int64) for c in names[i + 1:]},
+                                              np.zeros(0, np.float32)) for i, (name, mpp) in enumerate(zip(names, mpps))],
+                     {**result.attrs(), "edge_policy": EDGE_POLICY})
     card = _status_card(result)
     write_png(card, out_qc_tissue)
     write_png(card, out_qc_patches)

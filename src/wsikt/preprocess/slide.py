@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import openslide
 
@@ -104,21 +105,29 @@ def plan_read(
             f"target {target_mpp} µm/px is finer than the scan ({mpp0:.4f} µm/px); "
             "raise preprocess.target_mpp or use a higher-magnification scan"
         )
-    native = [
-        lv for lv, ds in enumerate(level_downsamples) if abs(mpp0 * ds - target_mpp) <= tolerance * target_mpp
-    ]
+    level, native = choose_level(level_downsamples, mpp0, target_mpp, tolerance)
+    ds = level_downsamples[level]
     if native:
-        level = min(native, key=lambda lv: abs(mpp0 * level_downsamples[lv] - target_mpp))
-        ds = level_downsamples[level]
         fp = footprint if footprint is not None else int(round(patch_size * ds))
         read_size = int(round(fp / ds))
         return ReadPlan(level, read_size, patch_size, fp, mpp0 * ds, read_size != patch_size)
     fp = footprint if footprint is not None else int(round(patch_size * target_mpp / mpp0))
-    finer = [lv for lv, ds in enumerate(level_downsamples) if mpp0 * ds < target_mpp]
-    level = max(finer, key=lambda lv: level_downsamples[lv]) if finer else 0
-    ds = level_downsamples[level]
     read_size = int(round(fp / ds))
     return ReadPlan(level, read_size, patch_size, fp, mpp0 * ds, True)
+
+
+def choose_level(level_downsamples: tuple[float, ...], mpp0: float, target_mpp: float, tolerance: float) -> tuple[int, bool]:
+    """(level, native): the level whose µm/px is within ``tolerance`` (relative) of ``target_mpp``,
+    else the coarsest level finer than it (level 0 when none is), to be resized.
+
+    By µm/px, not OpenSlide's best level for a downsample: Aperio levels sit at 4.0002× or 16.0025×,
+    which ``get_best_level_for_downsample(16)`` skips.
+    """
+    native = [lv for lv, ds in enumerate(level_downsamples) if abs(mpp0 * ds - target_mpp) <= tolerance * target_mpp]
+    if native:
+        return min(native, key=lambda lv: abs(mpp0 * level_downsamples[lv] - target_mpp)), True
+    finer = [lv for lv, ds in enumerate(level_downsamples) if mpp0 * ds < target_mpp]
+    return (max(finer, key=lambda lv: level_downsamples[lv]) if finer else 0), False
 
 
 def read_region_rgb(
@@ -130,3 +139,44 @@ def read_region_rgb(
     rgb[rgba[..., 3] == 0] = 255
     return rgb
 
+
+
+def read_level_rgb(slide: openslide.OpenSlide, level: int) -> np.ndarray:
+    """The whole level as RGB in one read (white where transparent)."""
+    w, h = slide.level_dimensions[level]
+    rgba = np.asarray(slide.read_region((0, 0), level, (w, h)))
+    rgb = rgba[..., :3].copy()
+    rgb[rgba[..., 3] == 0] = 255
+    return rgb
+
+
+def read_level_scaled(slide: openslide.OpenSlide, level: int, size: tuple[int, int], strip_pixels: int = 1 << 24) -> np.ndarray:
+    """Level ``level`` shrunk to ``size`` (w, h) with cv2.INTER_AREA, read in full-width strips of about
+    ``strip_pixels`` level pixels, so memory stays bounded on a single-level slide of any size.
+
+    A level already of ``size`` and no larger than ``strip_pixels`` × 4 is read in one piece (bit-exact).
+    """
+    w, h = slide.level_dimensions[level]
+    ow, oh = int(size[0]), int(size[1])
+    if (ow, oh) == (w, h) and w * h <= 4 * strip_pixels:
+        return read_level_rgb(slide, level)
+    ds, sy = slide.level_downsamples[level], h / oh
+    rows = max(1, int(round(max(strip_pixels / w, 512) / sy)))  # output rows per strip (≥ 512 level rows: whole tiles)
+    out = np.empty((oh, ow, 3), np.uint8)
+    for r0 in range(0, oh, rows):
+        r1 = min(oh, r0 + rows)
+        y0, y1 = int(round(r0 * sy)), min(h, int(round(r1 * sy)))  # exact strips when h / oh is an integer
+        rgba = np.asarray(slide.read_region((0, int(round(y0 * ds))), level, (w, max(1, y1 - y0))))
+        if rgba.shape[:2] != (r1 - r0, ow):
+            rgba = cv2.resize(rgba, (ow, r1 - r0), interpolation=cv2.INTER_AREA)
+        out[r0:r1] = _over_white(rgba)
+    return out
+
+
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    """RGB of OpenSlide's RGBA (transparent pixels are 0, 0, 0, 0) composited over white; after an
+    area resize a pixel that was partly transparent is lightened by the transparent share."""
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return rgba[..., :3]
+    return np.minimum(rgba[..., :3].astype(np.uint16) + (255 - alpha), 255).astype(np.uint8)

@@ -13,11 +13,11 @@ import numpy as np
 import openslide
 
 from wsikt.core.io import atomic_path
-from wsikt.preprocess.slide import SlideError
+from wsikt.preprocess.slide import SlideError, choose_level, read_level_rgb, read_level_scaled
 
 CLAM_REF_PATCH = 512  # CLAM counts areas in 512×512 level-0 patches
 REFERENCE_MPP = 0.25  # CLAM's presets were tuned on 40x scans: the µm² mode converts at this mpp
-MAX_SEG_PIXELS = 1e8  # CLAM refuses to segment a level larger than this (memory)
+MAX_SEG_PIXELS = 1e8  # largest segmentation image (memory: ~0.5 GiB of RGB, HSV and masks at this size)
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,13 @@ class SegmentationParams:
 
     ``area_unit='clam'``: in 512×512 level-0 patches (CLAM: the same number means 4× the tissue on
     a 20x scan as on a 40x scan). ``'um2'``: in µm², physical on every scan.
+    ``seg_level_by='clam'``: segment at OpenSlide's best level for ``seg_downsample`` (CLAM; a 20x scan
+    is then segmented at twice a 40x scan's µm/px). ``'mpp'``: segment at ``seg_downsample`` ×
+    0.25 µm/px on every scan (64 → 16 µm/px), from a level within tolerance or a finer one shrunk.
     """
 
     seg_downsample: float = 64.0
+    seg_level_by: str = "clam"  # 'clam': OpenSlide's best level for seg_downsample; 'mpp': seg_downsample × 0.25 µm/px
     sthresh: int = 8
     sthresh_up: int = 255
     mthresh: int = 7
@@ -82,6 +86,8 @@ def resolve_segmentation(cfg: dict | None) -> SegmentationParams:
     params = replace(SegmentationParams(), **values)
     if params.area_unit not in ("clam", "um2"):
         raise ValueError(f"preprocess.segmentation.area_unit '{params.area_unit}' must be 'clam' or 'um2'")
+    if params.seg_level_by not in ("clam", "mpp"):
+        raise ValueError(f"preprocess.segmentation.seg_level_by '{params.seg_level_by}' must be 'mpp' or 'clam'")
     if params.mthresh % 2 != 1:
         raise ValueError(f"preprocess.segmentation.mthresh {params.mthresh} must be odd (a median-blur kernel)")
     return params
@@ -109,14 +115,13 @@ class TissueMask:
         return [[np.array(h * ds, dtype="int32") for h in hs] for hs in self.holes]
 
 
-def clam_downsamples(slide: openslide.OpenSlide) -> list[tuple[float, float]]:
-    """Per-level (x, y) downsample from level dimensions, as CLAM estimates them."""
-    w0, h0 = slide.level_dimensions[0]
-    out = []
-    for ds, (w, h) in zip(slide.level_downsamples, slide.level_dimensions):
-        est = (w0 / float(w), h0 / float(h))
-        out.append(est if est != (ds, ds) else (ds, ds))
-    return out
+@dataclass
+class SegmentationImage:
+    """The RGB image tissue is segmented on: which level was read and its level-0 downsample (x, y)."""
+
+    rgb: np.ndarray
+    level: int
+    downsample: tuple[float, float]
 
 
 def segmentation_level(slide: openslide.OpenSlide, seg_downsample: float) -> int:
@@ -126,13 +131,31 @@ def segmentation_level(slide: openslide.OpenSlide, seg_downsample: float) -> int
     return int(slide.get_best_level_for_downsample(seg_downsample))
 
 
-def read_level_rgb(slide: openslide.OpenSlide, level: int) -> np.ndarray:
-    """The whole level as RGB (white where transparent)."""
-    w, h = slide.level_dimensions[level]
-    rgba = np.asarray(slide.read_region((0, 0), level, (w, h)))
-    rgb = rgba[..., :3].copy()
-    rgb[rgba[..., 3] == 0] = 255
-    return rgb
+def segmentation_image(
+    slide: openslide.OpenSlide, mpp0: float | None, params: SegmentationParams, name: str = "slide", tolerance: float = 0.1
+) -> SegmentationImage:
+    """Read the image to segment, once. 'mpp' mode: at seg_downsample × 0.25 µm/px, from the level within
+    ``tolerance`` or the coarsest finer one shrunk strip by strip (any single-level slide fits in memory);
+    a scan coarser than that µm/px is segmented at level 0, never enlarged.
+    'clam' mode: CLAM's level, read whole. ``name`` (the slide's path) heads any error."""
+    if params.seg_level_by == "mpp":
+        if mpp0 is None:
+            raise ValueError(f"{name}: preprocess.segmentation.seg_level_by 'mpp' needs the slide's mpp")
+        seg_mpp = params.seg_downsample * REFERENCE_MPP
+        level, native = choose_level(tuple(slide.level_downsamples), mpp0, seg_mpp, tolerance)
+        w0, h0 = slide.dimensions
+        size = slide.level_dimensions[level]
+        if not native and seg_mpp > mpp0 * slide.level_downsamples[level]:  # shrink, never enlarge
+            size = (max(1, round(w0 * mpp0 / seg_mpp)), max(1, round(h0 * mpp0 / seg_mpp)))
+        key = "raise preprocess.segmentation.seg_downsample"
+    else:
+        level = segmentation_level(slide, params.seg_downsample)
+        size = slide.level_dimensions[level]
+        key = "set preprocess.segmentation.seg_level_by: mpp (reads the slide in strips and shrinks them)"
+    if size[0] * size[1] > MAX_SEG_PIXELS:
+        raise SlideError(f"{name}: segmentation image would be {size[0]}×{size[1]} px (> {MAX_SEG_PIXELS:.0e}); {key}")
+    rgb = read_level_scaled(slide, level, size) if params.seg_level_by == "mpp" else read_level_rgb(slide, level)
+    return SegmentationImage(rgb, level, (slide.dimensions[0] / size[0], slide.dimensions[1] / size[1]))
 
 
 def threshold_saturation(rgb: np.ndarray, p: SegmentationParams) -> np.ndarray:
@@ -171,22 +194,20 @@ def filter_contours(
     return kept, kept_holes
 
 
-def segment_tissue(slide: openslide.OpenSlide, mpp0: float | None, params: SegmentationParams) -> TissueMask:
-    """Segment tissue at CLAM's segmentation level with CLAM's algorithm and area filters.
+def segment_tissue(
+    slide: openslide.OpenSlide, mpp0: float | None, params: SegmentationParams, name: str = "slide", tolerance: float = 0.1
+) -> TissueMask:
+    """Read the segmentation image (see ``segmentation_image``) and segment it with CLAM's algorithm.
 
-    ``mpp0`` (level-0 µm/px) is needed only when ``params.area_unit`` is 'um2'.
+    ``mpp0`` (level-0 µm/px) is needed when ``params.area_unit`` is 'um2' or ``seg_level_by`` is 'mpp'.
     """
-    level = segmentation_level(slide, params.seg_downsample)
-    w, h = slide.level_dimensions[level]
-    if w * h > MAX_SEG_PIXELS:
-        raise SlideError(
-            f"segmentation level {level} is {w}×{h} px (> {MAX_SEG_PIXELS:.0e}): the slide has no coarse "
-            "pyramid level; re-save it as a pyramidal TIFF (e.g. `vips tiffsave in out.tif --tile --pyramid`) "
-            "or raise preprocess.segmentation.seg_downsample"
-        )
-    ds = clam_downsamples(slide)[level]
-    rgb = read_level_rgb(slide, level)
-    binary = threshold_saturation(rgb, params)
+    return segment_image(segmentation_image(slide, mpp0, params, name, tolerance), mpp0, params)
+
+
+def segment_image(image: SegmentationImage, mpp0: float | None, params: SegmentationParams) -> TissueMask:
+    """CLAM's segmentTissue on an already read image: threshold, contours with holes, area filters."""
+    ds = image.downsample
+    binary = threshold_saturation(image.rgb, params)
     if params.area_unit == "um2":
         if mpp0 is None:
             raise ValueError("preprocess.segmentation.area_unit 'um2' needs the slide's mpp")
@@ -202,7 +223,7 @@ def segment_tissue(slide: openslide.OpenSlide, mpp0: float | None, params: Segme
         cv2.drawContours(mask, [cnt], -1, 1, thickness=cv2.FILLED)
         if holes:
             cv2.drawContours(mask, holes, -1, 0, thickness=cv2.FILLED)
-    return TissueMask(mask=mask, level=level, downsample=ds, contours=kept, holes=kept_holes)
+    return TissueMask(mask=mask, level=image.level, downsample=ds, contours=kept, holes=kept_holes)
 
 
 def tissue_geojson(tissue: TissueMask, properties: dict | None = None) -> dict:
