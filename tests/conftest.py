@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from background_runs import BackgroundRun
-from slurm_run import slurm_cluster, slurm_started  # noqa: F401  (fixtures, used by tests/test_slurm.py)
-from test_transfer import cohort  # noqa: F401  (session fixture of test_transfer, test_roupkt, test_baselines)
-from workflow_helpers import copy_repo
+from support.background_runs import BackgroundRun
+from support.slurm_run import slurm_cluster, slurm_started  # noqa: F401  (fixtures, used by tests/workflow/test_slurm.py)
+from support.transfer_cohort import cohort  # noqa: F401  (session fixture of tests/transfer)
+from support.workflow_helpers import copy_repo
 
 FIXTURE_SLIDES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "slides"
 
@@ -21,7 +21,7 @@ DEMO_TISSUE = dict(nuclei_per_10k_um2=15.0, eosin_rgb=(228, 150, 200), nucleus_u
 
 @pytest.fixture(scope="session")
 def demo_started(tmp_path_factory) -> BackgroundRun:
-    """The demo workflow, started on 2 cores in a fresh copy of the repo (tests/test_workflow.py waits)."""
+    """The demo workflow, started on 2 cores in a fresh copy of the repo (tests/workflow/test_workflow.py waits)."""
     run = BackgroundRun.start(copy_repo(tmp_path_factory.mktemp("demo") / "repo"), ["--cores", "2", "--quiet"])
     yield run
     run.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import yaml
-from workflow_helpers import REPO
+from support.workflow_helpers import REPO
 
 from wsikt.acquire.demo_cohort import plan_cohort
 from wsikt.survival.metrics import harrell_c

@@ -9,7 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_transfer import CPU, FOLDS, poison_test_labels  # the session fixture `cohort` comes from conftest.py
+from support.transfer_cohort import (  # the session fixture `cohort` comes from conftest.py
+    CPU,
+    FOLDS,
+    poison_test_labels,
+)
 
 from wsikt.training.checkpoint import read_checkpoint
 from wsikt.transfer.embedding_cache import parse_key, stack_embeddings

@@ -1,8 +1,8 @@
-"""The workflow on a real (single-node) SLURM cluster: profiles/ci-slurm + tests/slurm_test.yaml.
+"""The workflow on a real (single-node) SLURM cluster: profiles/ci-slurm + tests/support/slurm_test.yaml.
 
 The cluster comes from .ci/slurm/start.sh (slurmctld + slurmd + munged on localhost, one fake GPU,
 no accounting). The test needs no change to the library or the rules; the run, its probe inside
-every job and its injected transient failure are in tests/slurm_run.py, started at the session's
+every job and its injected transient failure are in tests/support/slurm_run.py, started at the session's
 first test (tests/conftest.py). The outputs are then compared with a local ``--cores 2`` run of
 the same config.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from slurm_run import CONFIG, FAIL_RULE, TIMEOUT_S
+from support.slurm_run import CONFIG, FAIL_RULE, TIMEOUT_S
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = ("train_expert", "embed_cohort", "train_roupkt")  # tests/slurm_test.yaml: experts.gpus 1
+GPU_RULES = ("train_expert", "embed_cohort", "train_roupkt")  # tests/support/slurm_test.yaml: experts.gpus 1
 
 if shutil.which("sbatch") is None:
     pytest.skip(

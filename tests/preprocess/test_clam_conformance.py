@@ -18,7 +18,7 @@ from wsikt.preprocess.grid import clam_grid, global_grid
 from wsikt.preprocess.slide import open_slide
 from wsikt.preprocess.tissue import PRESETS, clam_units_to_um2, resolve_segmentation, segment_tissue, tissue_geojson
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clam"
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "clam"
 SLIDES = {"CMU-1-Small-Region": 0.499, "TCGA-CR-7395-01A-01-TS1": None}
 CASES = [(s, p) for s in SLIDES for p in ("tcga", "bwh_biopsy", "bwh_resection")]
 

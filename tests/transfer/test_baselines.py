@@ -8,7 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_transfer import CPU, FOLDS, poison_test_labels  # the session fixture `cohort` comes from conftest.py
+from support.transfer_cohort import (  # the session fixture `cohort` comes from conftest.py
+    CPU,
+    FOLDS,
+    poison_test_labels,
+)
 
 from wsikt.cohort.splits import inner_folds
 from wsikt.mil import pad_bags

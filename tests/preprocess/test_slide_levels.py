@@ -10,7 +10,7 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-from slide_factory import tissue_rgb, write_aperio, write_single_level
+from support.slide_factory import tissue_rgb, write_aperio, write_single_level
 
 from wsikt.preprocess.pipeline import PatchSettings, preprocess_slide
 from wsikt.preprocess.slide import SlideError, open_slide, read_level_rgb, read_level_scaled

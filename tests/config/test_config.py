@@ -13,7 +13,7 @@ from wsikt.config.validate import ConfigError, validate_config, validate_samples
 from wsikt.features.encoders import REGISTRY
 from wsikt.mil import MODELS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SAMPLES_SCHEMA = ROOT / "workflow" / "schemas" / "samples.schema.yaml"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COPIED = ("Snakefile", "workflow", "config", "profiles")  # jobs import the installed wsikt
 
 

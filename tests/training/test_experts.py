@@ -265,7 +265,7 @@ def test_parameter_averaging_uses_the_heads_even_of_null_experts(tmp_path):
 
 
 def test_null_gate_never_reads_the_test_fold():
-    from test_transfer import poison_test_labels
+    from support.transfer_cohort import poison_test_labels
 
     split, bags = _split(36)
     settings = TrainSettings(model="abmil", lr=1e-3, epochs=3, feature_norm="standardize", n_bins=8)

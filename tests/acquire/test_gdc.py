@@ -17,7 +17,7 @@ import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gdc_server import FakeGDC  # noqa: E402
+from support.gdc_server import FakeGDC  # noqa: E402
 
 from wsikt.acquire.gdc import GDCAccessError, GDCError, read_token, safe_file_name  # noqa: E402
 from wsikt.acquire.gdc_download import download_file  # noqa: E402

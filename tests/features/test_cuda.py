@@ -1,6 +1,6 @@
 """The GPU paths equal the CPU paths: feature extraction (fp32 and bf16 autocast) and batched expert training.
 
-Skipped where no CUDA device is present (CI); run on a GPU machine with ``python -m pytest tests/test_cuda.py``.
+Skipped where no CUDA device is present (CI); run on a GPU machine with ``python -m pytest tests/features/test_cuda.py``.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from browser_check import CHROMIUM, check_in_browser
-from workflow_helpers import copy_repo, dry_run_with, jobs_in_dry_run, rules_in_dry_run, snakemake
+from support.browser_check import CHROMIUM, check_in_browser
+from support.workflow_helpers import copy_repo, dry_run_with, jobs_in_dry_run, rules_in_dry_run, snakemake
 
 from wsikt.acquire.demo_cohort import plan_cohort, sample_sheet
 from wsikt.features.batches import plan_batches
@@ -118,7 +118,7 @@ def test_workflow_files_are_snakefmt_clean():
     import sys
 
     exe = Path(sys.executable).with_name("snakefmt")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([str(exe), "--config", ".snakefmt.toml", "--check", "."], cwd=repo, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

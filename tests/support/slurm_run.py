@@ -1,7 +1,7 @@
-"""The SLURM test run (tests/test_slurm.py): the cluster, a probe inside every job, and the two runs.
+"""The SLURM test run (tests/workflow/test_slurm.py): the cluster, a probe inside every job, and the two runs.
 
 Kept apart from the tests so that tests/conftest.py can start the runs at the session's first test
-(tests/background_runs.py); the tests then only wait for them. Two test-side mechanisms:
+(tests/support/background_runs.py); the tests then only wait for them. Two test-side mechanisms:
 
 * a probe: a ``sitecustomize.py`` on PYTHONPATH (sbatch exports the environment, the plugin's
   job-step wrapper drops only SLURM_* variables) records, for every Python process that runs inside
@@ -20,10 +20,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from background_runs import BackgroundRun
-from workflow_helpers import copy_repo
 
-REPO = Path(__file__).resolve().parents[1]
+from support.background_runs import BackgroundRun
+from support.workflow_helpers import copy_repo
+
+REPO = Path(__file__).resolve().parents[2]
 START = REPO / ".ci/slurm/start.sh"
 STOP = REPO / ".ci/slurm/stop.sh"
 CONFIG = str(Path(__file__).resolve().with_name("slurm_test.yaml"))  # the tiny demo for the CI cluster
@@ -32,7 +33,7 @@ TIMEOUT_S = 1500  # each run, from its start
 
 PROBE = textwrap.dedent(
     """
-    # Test probe (tests/test_slurm.py), imported by every Python process via PYTHONPATH.
+    # Test probe (tests/workflow/test_slurm.py), imported by every Python process via PYTHONPATH.
     import json, os, re, sys
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("WSIKT_CI_PROBE_DIR"):
         _d = os.environ["WSIKT_CI_PROBE_DIR"]

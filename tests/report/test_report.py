@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from browser_check import CHROMIUM, check_in_browser
+from support.browser_check import CHROMIUM, check_in_browser
 
 from wsikt.report.build import ReportInputs, ReportOutputs, ReportSettings, build_report
 from wsikt.report.data import positive_transfer

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
+from support.workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
 
 from wsikt.features.batches import plan_batches
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gdc_server import FakeGDC  # noqa: E402
+from support.gdc_server import FakeGDC  # noqa: E402
 
 pytestmark = pytest.mark.workflow
 

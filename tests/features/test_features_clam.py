@@ -10,7 +10,7 @@ import pytest
 
 from wsikt.features.extract import extract_features
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 CLAM_H5 = SHARED / "reference/clam/CMU-1-Small-Region.bwh_biopsy.patches.h5"
 SLIDE = SHARED / "fixtures/slides/CMU-1-Small-Region.svs"
 

@@ -1,0 +1,1 @@
+"""Test helpers: background runs, the loopback GDC, the SLURM run, workflow copies, synthetic cohorts."""
