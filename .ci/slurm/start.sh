@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a single-node SLURM cluster on this machine for the SLURM workflow test (tests/test_slurm.py).
+# Start a single-node SLURM cluster on this machine for the SLURM workflow test (tests/workflow/test_slurm.py).
 #
 #   bash .ci/slurm/start.sh        # installs slurm-wlm + munge if missing (apt, needs root)
 #   bash .ci/slurm/stop.sh         # stops the daemons by PID
