@@ -289,7 +289,10 @@ def test_tcga_cdr_named_by_clinical_is_fetched_from_the_gdc_and_verified(tmp_pat
     hand_placed = copy_repo(tmp_path / "hand")  # any other clinical name: no fetch rule, a missing table is an error
     _recorded_sheet(hand_placed, "resources/own/samples.tsv")
     (hand_placed / "config/own.yaml").write_text(yaml.safe_dump(dict(cfg, clinical="resources/tcga/cdr.xlsx")))
+    for i in range(6):  # the sheet's slides are on disk: only the clinical table is missing
+        (hand_placed / f"resources/slides/TCGA-AA-{i:04d}-01Z-00-DX1.X{i}.svs").parent.mkdir(parents=True, exist_ok=True)
+        (hand_placed / f"resources/slides/TCGA-AA-{i:04d}-01Z-00-DX1.X{i}.svs").write_bytes(b"")
     dry = snakemake(hand_placed, "results/labels/OS/AAAA.tsv", "-n", "--configfile", "config/own.yaml")
     out = dry.stdout + dry.stderr
     assert dry.returncode != 0 and "fetch_tcga_cdr" not in out
-    assert "MissingInputException in rule build_labels" in out and "resources/tcga/cdr.xlsx" in out
+    assert "config: clinical table resources/tcga/cdr.xlsx (config key 'clinical') not found" in out, out[-2000:]

@@ -336,7 +336,8 @@ def test_two_processes_downloading_one_slide_never_corrupt_it(gdc: FakeGDC, tmp_
     """Two real processes download the same slide into one folder (the second starts mid-download): the second
     waits for the first's lock and finds the file complete; the file is right and downloaded once."""
     data, md5, size = _meta(gdc, "race-00")
-    gdc.modes["race-00"].add("slow")  # ~3 s per download, so the two overlap
+    gdc.modes["race-00"].add("slow")
+    gdc.slow_s = 0.15  # ~14 s per download: the two overlap even when a loaded machine starts the second slowly
     dest = tmp_path / "slides" / "TCGA-DL-8888-01Z-00-DX1.svs"
     partial = dest.with_name(dest.name + ".partial")
     cmd = [sys.executable, "-c", DOWNLOADER, gdc.url, "race-00", str(dest), md5, str(size)]

@@ -104,7 +104,8 @@ elif USER_SLIDES and not FETCH_TCGA_CDR:
         f"config: clinical table {CLINICAL} (config key 'clinical') not found; set the key to your TCGA-CDR-style table"
     )
 else:
-    CLINICAL_TABLE = None  # GDC, or the TCGA-CDR table still to fetch: checked by the labels job
+    # GDC, or the TCGA-CDR table still to fetch: the labels job checks it
+    CLINICAL_TABLE = None
 EXCLUDED_CANCERS = (
     {}
     if CLINICAL_TABLE is None or SAMPLES.empty
