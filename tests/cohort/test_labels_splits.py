@@ -342,6 +342,7 @@ def test_screen_stops_when_labelled_patients_cannot_fill_the_folds_or_no_cancer_
     from wsikt.config.validate import ConfigError
 
     samples, clinical = _two_cancers(events_b=1)
+    clinical["OS"] = clinical["OS"].astype(object)
     clinical.loc[clinical["type"] == "AAA", "OS"] = "[Not Available]"
     clinical.loc[0, "OS"] = 1
     with pytest.raises(ConfigError, match=r"^clin.tsv: cancer AAA: 1 of its 6 patients have OS labels \(missing OS 5\), "
