@@ -229,13 +229,8 @@ def test_missing_slide_files_are_listed_by_sheet_row(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "key"),
     [
-        (lambda c: c["preprocess"].update(context_mpp=[0.8]), "preprocess.context_mpp"),
-        (lambda c: c["preprocess"].update(grid="clam"), "preprocess.grid"),
-        (lambda c: c["preprocess"].update(contour_fn="none", min_tissue_fraction=0.0), "preprocess.min_tissue_fraction"),
         (lambda c: c["preprocess"]["segmentation"].update(mthresh=8), "preprocess.segmentation.mthresh"),
-        (lambda c: c["experts"].update(loss="cox", patients_per_step=8), "experts.patients_per_step"),
         (lambda c: c["experts"].update(model="crossfusion"), "preprocess.context_mpp"),
-        (lambda c: c["experts"]["null_gate"].update(inner_folds=1), "experts.null_gate.inner_folds"),
     ],
 )
 def test_inconsistent_keys_rejected_with_the_fix(cfg, edit, key):
@@ -243,6 +238,45 @@ def test_inconsistent_keys_rejected_with_the_fix(cfg, edit, key):
     with pytest.raises(ConfigError) as exc:
         validate_config(cfg, SCHEMA)
     assert key in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda c: c["preprocess"].update(context_mpp=[0.8]), "preprocess.context_mpp"),
+        (lambda c: c["preprocess"].update(grid="clam"), "preprocess.grid"),
+        (lambda c: c["preprocess"].update(contour_fn="none", min_tissue_fraction=0.0), "preprocess.min_tissue_fraction"),
+        (lambda c: c["experts"].update(loss="cox", patients_per_step=8), "experts.patients_per_step"),
+        (lambda c: c["experts"]["null_gate"].update(inner_folds=1), "experts.null_gate.inner_folds"),
+    ],
+)
+def test_stage_settings_reject_inconsistent_keys_with_the_fix(cfg, edit, key):
+    """A stage's own rules live in its settings object, built from the validated section (common.smk)."""
+    from wsikt.preprocess.settings import PatchSettings
+    from wsikt.training.settings import NullGate, TrainSettings
+
+    validate_config(cfg, SCHEMA)
+    PatchSettings.from_config(cfg["preprocess"]), TrainSettings.from_config(cfg["experts"]), NullGate.from_config(cfg["experts"])
+    if key.startswith("preprocess"):
+        cfg["preprocess"].setdefault("context_mpp", [1.0])
+    edit(cfg)
+    validate_config(cfg, SCHEMA)  # each section on its own is valid: the schema cannot state these rules
+    with pytest.raises(ValueError) as exc:
+        PatchSettings.from_config(cfg["preprocess"]), TrainSettings.from_config(cfg["experts"]), NullGate.from_config(cfg["experts"])
+    assert key in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.workflow
+def test_stage_rules_stop_the_workflow_before_any_job(tmp_path):
+    from support.workflow_helpers import copy_repo, snakemake
+
+    repo = copy_repo(tmp_path / "repo")
+    (tmp_path / "bad.yaml").write_text("preprocess:\n  grid: clam\n  context_mpp: [1.0]\n")
+    res = snakemake(repo, "-n", "--configfile", "config/config.yaml", str(tmp_path / "bad.yaml"))
+    assert res.returncode != 0
+    lines = [ln.strip() for ln in (res.stdout + res.stderr).splitlines() if "preprocess.grid 'clam'" in ln]
+    assert lines and lines[0].startswith("config: preprocess.grid 'clam' starts a grid per contour"), res.stderr[-1500:]
+    assert "Job stats" not in res.stdout
 
 
 def test_multiscale_model_accepted_when_its_levels_are_patched(cfg):

@@ -25,12 +25,30 @@ from wsikt.config.validate import (
     validate_config,
 )
 from wsikt.features.batches import plan_batches
-from wsikt.features.settings import feature_params
-from wsikt.preprocess.settings import patch_params
+from wsikt.features.settings import FeatureSettings, feature_params
+from wsikt.preprocess.settings import PatchSettings, patch_params
+from wsikt.training.settings import NullGate, TrainSettings
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
 
 validate_config(config, SCHEMAS / "config.schema.yaml", source="config")
+
+
+def check_settings():
+    """Build each stage's settings from its config section, so its own rules run before any job."""
+    builders = {
+        "preprocess": PatchSettings.from_config,
+        "features": lambda section: FeatureSettings.from_config(feature_params(section)),
+        "experts": lambda section: (TrainSettings.from_config(section), NullGate.from_config(section)),
+    }
+    for key, build in builders.items():
+        try:
+            build(config[key])
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
+
+
+check_settings()
 
 ENCODER = config["features"]["encoder"]
 MODEL = config["experts"]["model"]

@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from wsikt.core.mags import mag_name
-from wsikt.core.model_facts import PRIMARY, check_loss_config, model_scales
+from wsikt.core.model_facts import PRIMARY, model_scales
 
 
 class ConfigError(ValueError):
@@ -45,31 +45,16 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
 
 
 def check_consistency(config: dict, source: str = "config") -> None:
-    """Rules across keys that a schema cannot state: each raises ConfigError naming the key and the fix."""
+    """Rules across sections that a schema cannot state: each raises ConfigError naming the key and the fix.
+
+    A stage's own rules live in its settings object (``PatchSettings``, ``TrainSettings``, ``NullGate``…),
+    which the workflow builds from each section before any job (common.smk, ``check_settings``).
+    """
     pre, exp = config.get("preprocess", {}), config.get("experts", {})
     target, context = pre.get("target_mpp"), pre.get("context_mpp", [])
-    for mpp in context:
-        ratio = mpp / target
-        if round(ratio) < 2 or abs(ratio - round(ratio)) > 1e-6:
-            raise ConfigError(f"{source}: preprocess.context_mpp {mpp} must be an integer multiple (≥2) of "
-                              f"preprocess.target_mpp {target} (e.g. {2 * target:g}, {4 * target:g}) so the levels nest")
-    if context and pre.get("grid") == "clam":
-        raise ConfigError(f"{source}: preprocess.grid 'clam' starts a grid per contour, so levels cannot nest: "
-                          "use grid 'global' with preprocess.context_mpp, or context_mpp: []")
-    if pre.get("contour_fn") == "none" and not pre.get("min_tissue_fraction", 0) > 0:
-        raise ConfigError(f"{source}: preprocess.contour_fn 'none' keeps cells by tissue fraction alone: "
-                          "set preprocess.min_tissue_fraction > 0")
     mthresh = pre.get("segmentation", {}).get("mthresh")
     if mthresh is not None and mthresh % 2 == 0:
         raise ConfigError(f"{source}: preprocess.segmentation.mthresh {mthresh} must be odd (a median-blur kernel)")
-    if "loss" in exp and "patients_per_step" in exp:
-        try:
-            check_loss_config(exp["loss"], exp["patients_per_step"])
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-    if exp.get("null_gate", {}).get("inner_folds") == 1:
-        raise ConfigError(f"{source}: experts.null_gate.inner_folds 1 leaves no patient to train on: "
-                          "use 0 (off) or at least 2")
     if "model" in exp and target is not None:
         have = {mag_name(target), *(mag_name(m) for m in context)}
         need = [s for s in model_scales(exp["model"], **exp.get("model_params", {})) if s != PRIMARY]

@@ -11,6 +11,7 @@ The tests are vectorised (wsikt.preprocess.polygon) and give exactly what ``cv2.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -21,21 +22,35 @@ from wsikt.preprocess.settings import CONTOUR_FNS
 from wsikt.preprocess.tissue import TissueMask
 
 
+def _four_points(coords: np.ndarray, size: int) -> np.ndarray:
+    centre = coords + size // 2
+    shift = int(size // 2 * 0.5)
+    offsets = np.array([[-shift, -shift], [shift, shift], [shift, -shift], [-shift, shift]], np.float64)
+    return centre[:, None, :] + (offsets if shift else np.zeros((1, 2)))[None, :, :]
+
+
+@dataclass(frozen=True)
+class ContourTest:
+    """One of CLAM's contour_fn tests: where a candidate cell is probed, and whether all probes or any must be inside."""
+
+    points: Callable[[np.ndarray, int], np.ndarray]  # (M, 2) level-0 top-left, size → (M, P, 2) probes
+    all_inside: bool
+
+
+# preprocess.contour_fn → CLAM's test ('none': no contour test, tissue fraction only; see global_grid)
+CONTOUR_TESTS: dict[str, ContourTest] = {
+    "four_pt": ContourTest(_four_points, all_inside=False),
+    "four_pt_hard": ContourTest(_four_points, all_inside=True),
+    "center": ContourTest(lambda c, size: (c + size // 2)[:, None, :], all_inside=False),
+    "basic": ContourTest(lambda c, size: c[:, None, :], all_inside=False),
+}
+
+
 def test_points(coords: np.ndarray, size: int, contour_fn: str) -> np.ndarray:
     """CLAM's test points for patches of ``size`` level-0 px at ``coords``: (M, P, 2) float64."""
-    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    centre = coords + size // 2
-    if contour_fn in ("four_pt", "four_pt_hard"):
-        shift = int(size // 2 * 0.5)
-        offsets = np.array([[-shift, -shift], [shift, shift], [shift, -shift], [-shift, shift]], np.float64)
-        if shift == 0:
-            offsets = np.zeros((1, 2))
-        return centre[:, None, :] + offsets[None, :, :]
-    if contour_fn == "center":
-        return centre[:, None, :]
-    if contour_fn == "basic":
-        return coords[:, None, :]
-    raise ValueError(f"unknown contour_fn '{contour_fn}' (preprocess.contour_fn); use one of {', '.join(CONTOUR_FNS)}")
+    if contour_fn not in CONTOUR_TESTS:
+        raise ValueError(f"unknown contour_fn '{contour_fn}' (preprocess.contour_fn); use one of {', '.join(CONTOUR_FNS)}")
+    return CONTOUR_TESTS[contour_fn].points(np.asarray(coords, dtype=np.float64).reshape(-1, 2), size)
 
 
 def contour_keeps(poly: RasterPolygon, holes: list[RasterPolygon], coords: np.ndarray, size: int, contour_fn: str) -> np.ndarray:
@@ -45,7 +60,7 @@ def contour_keeps(poly: RasterPolygon, holes: list[RasterPolygon], coords: np.nd
     pts = test_points(coords, size, contour_fn)
     m, p = pts.shape[:2]
     inside = (poly.test(pts.reshape(-1, 2)) >= 0).reshape(m, p)
-    ok = inside.all(1) if contour_fn == "four_pt_hard" else inside.any(1)
+    ok = inside.all(1) if CONTOUR_TESTS[contour_fn].all_inside else inside.any(1)
     if holes and ok.any():
         centre = np.asarray(coords, np.float64)[ok] + size / 2  # CLAM: pt + patch_size/2 (float)
         in_hole = np.zeros(len(centre), bool)
@@ -104,7 +119,7 @@ def global_grid(
     if nx == 0 or ny == 0 or not tissue.contours:
         return np.zeros((0, 2), np.int64)
     keep = np.zeros((ny, nx), bool)
-    if contour_fn == "none":
+    if contour_fn not in CONTOUR_TESTS:  # 'none': PatchSettings requires min_tissue_fraction > 0 with it
         if min_tissue_fraction <= 0:
             raise ValueError("preprocess.contour_fn 'none' needs preprocess.min_tissue_fraction > 0")
         keep[:] = True

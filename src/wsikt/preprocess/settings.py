@@ -39,6 +39,14 @@ class PatchSettings:
             raise ValueError(f"preprocess.contour_fn '{self.contour_fn}' must be one of {', '.join(CONTOUR_FNS)}")
         if self.grid not in ("global", "clam"):
             raise ValueError(f"preprocess.grid '{self.grid}' must be 'global' or 'clam'")
+        for mpp in self.context_mpp:
+            ratio = mpp / self.target_mpp
+            if round(ratio) < 2 or abs(ratio - round(ratio)) > 1e-6:
+                raise ValueError(f"preprocess.context_mpp {mpp:g} must be an integer multiple (≥2) of preprocess.target_mpp "
+                                 f"{self.target_mpp:g} (e.g. {2 * self.target_mpp:g}, {4 * self.target_mpp:g}) so the levels nest")
+        if self.contour_fn == "none" and not self.min_tissue_fraction > 0:
+            raise ValueError("preprocess.contour_fn 'none' keeps cells by tissue fraction alone: "
+                             "set preprocess.min_tissue_fraction > 0")
         if self.grid == "clam" and self.context_mpp:
             raise ValueError("preprocess.grid 'clam' starts a grid per contour, so levels cannot nest: "
-                             "use grid 'global' with preprocess.context_mpp")
+                             "use grid 'global' with preprocess.context_mpp, or context_mpp: []")

@@ -58,6 +58,11 @@ class NullGate:
     inner_folds: int = 0  # 0 = off: every expert keeps its trained head (CROPKT)
     min_c: float = 0.55  # pooled out-of-fold Harrell's C the inner models must exceed
 
+    def __post_init__(self) -> None:
+        if self.inner_folds == 1 or self.inner_folds < 0:
+            raise ValueError(f"experts.null_gate.inner_folds {self.inner_folds} leaves no patient to train on: "
+                             "use 0 (off) or at least 2")
+
     @classmethod
     def from_config(cls, experts: Mapping[str, Any]) -> "NullGate":
         """From config section ``experts`` (its ``null_gate`` sub-section)."""
