@@ -38,8 +38,13 @@ def check_settings():
     """Build each stage's settings from its config section, so its own rules run before any job."""
     builders = {
         "preprocess": PatchSettings.from_config,
-        "features": lambda section: FeatureSettings.from_config(feature_params(section)),
-        "experts": lambda section: (TrainSettings.from_config(section), NullGate.from_config(section)),
+        "features": lambda section: FeatureSettings.from_config(
+            feature_params(section)
+        ),
+        "experts": lambda section: (
+            TrainSettings.from_config(section),
+            NullGate.from_config(section),
+        ),
     }
     for key, build in builders.items():
         try:
