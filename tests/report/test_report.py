@@ -68,7 +68,7 @@ def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds
             p["split"] = np.where(fold_of == k, "test", "train")
             p.to_csv(d / "predictions.tsv", sep="\t", index=False)
             preds.append(d / "predictions.tsv")
-            (d / "metrics.json").write_text(json.dumps({"inner_edges": ((np.arange(1, N_BINS)) * WIDTH).tolist()}))
+            (d / "metrics.json").write_text(json.dumps({"cancer": cancer, "inner_edges": ((np.arange(1, N_BINS)) * WIDTH).tolist()}))
             test = p[p["split"] == "test"]
             rows.append(harrell_c_batch(test["time"].to_numpy(), test["event"].to_numpy(), test["risk"].to_numpy())[0])
         c = np.array(rows)
@@ -328,7 +328,7 @@ def test_bin_edges_come_from_the_folds_metrics_json_not_its_checkpoint(tmp_path)
     table.to_csv(fold / "predictions.tsv", sep="\t", index=False)
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         load_fold_predictions([fold / "predictions.tsv"])
-    (fold / "metrics.json").write_text('{"inner_edges": [10.0, 20.0, 40.0]}')
+    (fold / "metrics.json").write_text('{"cancer": "ZZZ", "inner_edges": [10.0, 20.0, 40.0]}')
     (f,) = load_fold_predictions([fold / "predictions.tsv"])
     assert f.inner_edges.tolist() == [10.0, 20.0, 40.0] and f.cancer == "ZZZ" and f.table["patient_id"][0] == "007"
 

@@ -273,3 +273,18 @@ def test_null_gate_never_reads_the_test_fold():
     assert gate_c(poison_test_labels(split, 0), bags, 0, settings, 3, CPU) == clean
     # poisoning a training fold does move it, so the equality above is not vacuous
     assert gate_c(poison_test_labels(split, 1), bags, 0, settings, 3, CPU) != clean
+
+
+def test_expert_key_is_read_from_the_checkpoint_not_its_path(tmp_path):
+    from wsikt.training.experts import expert_key
+
+    bags, time, event = planted(n=16)
+    settings = TrainSettings(model="abmil", epochs=1, n_bins=4)
+    edges = fit_time_bins(time, event, "uniform", 4, 365.0)
+    model, _ = train_expert(bags, assign_bins(time, edges), event, 4, settings, CPU)
+    moved = tmp_path / "renamed" / "elsewhere.pt"  # a layout the library does not parse
+    save_expert(moved, model, 8, 4, edges, settings, cancer="BRCA", fold=3)
+    assert expert_key(moved) == ("BRCA", 3)
+    save_expert(tmp_path / "anon.pt", model, 8, 4, edges, settings)
+    with pytest.raises(ValueError, match="names no cancer and fold"):
+        expert_key(tmp_path / "anon.pt")

@@ -7,8 +7,8 @@ from wsikt.core.device import resolve_device
 from wsikt.core.io import write_tsv
 from wsikt.core.logs import log_to
 from wsikt.formats.tables import read_table
-from wsikt.training.experts import load_expert
-from wsikt.transfer.embedding_cache import embed_target, expert_key_from_path
+from wsikt.training.experts import expert_key, load_expert
+from wsikt.transfer.embedding_cache import embed_target
 from wsikt.transfer.matrix import training_rows, zero_shot_rows
 
 with log_to(snakemake.log[0]):
@@ -16,7 +16,7 @@ with log_to(snakemake.log[0]):
     p, target = snakemake.params, snakemake.wildcards.cancer
     split = read_table(snakemake.input.split)
     slides, feature_path = read_bag_index(snakemake.input.bags)
-    experts = {expert_key_from_path(f): f for f in snakemake.input.experts}
+    experts = {expert_key(f): f for f in snakemake.input.experts}
     device = resolve_device(p.device)
     scales = getattr(load_expert(next(iter(experts.values())), device), "scales", None)  # multi-scale experts need them
     risks = embed_target(

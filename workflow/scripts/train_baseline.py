@@ -6,16 +6,15 @@ from wsikt.cohort.bags import load_patient_bags
 from wsikt.core.device import resolve_device
 from wsikt.core.logs import log_to
 from wsikt.formats.tables import read_table
-from wsikt.training.experts import load_expert
+from wsikt.training.experts import expert_key, load_expert
 from wsikt.training.settings import TrainSettings
 from wsikt.transfer.baselines import BaselineSettings, needs_bags, run_baseline_fold
-from wsikt.transfer.embedding_cache import expert_key_from_path
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     p, w, out = snakemake.params, snakemake.wildcards, snakemake.output
     split = read_table(snakemake.input.split)
-    checkpoints = {expert_key_from_path(f): f for f in snakemake.input.experts}
+    checkpoints = {expert_key(f): f for f in snakemake.input.experts}
     device = resolve_device(p.device)
     bags = None
     if needs_bags(w.method):  # 'all' and 'merge' run the experts on the patches; head/mlp use cached embeddings

@@ -53,7 +53,7 @@ class FoldPredictions:
 
 
 def load_fold_predictions(prediction_tsvs: list[str | Path]) -> list[FoldPredictions]:
-    """Read ``.../{cancer}/fold{k}/predictions.tsv`` with the bin edges recorded in the sibling ``metrics.json``."""
+    """Read fold predictions TSVs with the cancer and bin edges recorded in each sibling ``metrics.json``."""
     out = []
     for p in sorted(map(Path, prediction_tsvs)):
         table = read_table(p)
@@ -61,8 +61,8 @@ def load_fold_predictions(prediction_tsvs: list[str | Path]) -> list[FoldPredict
         metrics = p.parent / "metrics.json"
         if not metrics.is_file():
             raise FileNotFoundError(f"{metrics}: missing beside {p.name}; rerun the training job of this fold")
-        edges = np.asarray(read_json(metrics)["inner_edges"], float)
-        out.append(FoldPredictions(p.parent.parent.name, fold, table, edges))
+        recorded = read_json(metrics)
+        out.append(FoldPredictions(str(recorded["cancer"]), fold, table, np.asarray(recorded["inner_edges"], float)))
     return out
 
 

@@ -156,9 +156,18 @@ def life_table_logits(bins: np.ndarray, events: np.ndarray, n_bins: int, eps: fl
     return torch.from_numpy(np.log(h) - np.log1p(-h)).float()
 
 
-def save_expert(path: str | Path, model: Expert, in_dim: int, n_bins: int, inner_edges: np.ndarray, settings: TrainSettings) -> None:
-    """The expert's checkpoint (kind 'expert'), written atomically."""
-    save_checkpoint(path, "expert", model, inner_edges, settings, in_dim=in_dim, n_bins=n_bins)
+def save_expert(path: str | Path, model: Expert, in_dim: int, n_bins: int, inner_edges: np.ndarray, settings: TrainSettings,
+                cancer: str = "", fold: int = -1) -> None:
+    """The expert's checkpoint (kind 'expert'), written atomically; it names its (cancer, fold)."""
+    save_checkpoint(path, "expert", model, inner_edges, settings, in_dim=in_dim, n_bins=n_bins, cancer=cancer, fold=fold)
+
+
+def expert_key(path: str | Path) -> tuple[str, int]:
+    """The (cancer, outer fold) an expert checkpoint was trained for, as recorded in it."""
+    meta = read_checkpoint(path, "cpu", kind="expert").meta
+    if not meta.get("cancer") or meta.get("fold", -1) < 0:
+        raise ValueError(f"{path}: the expert checkpoint names no cancer and fold; rerun its training job")
+    return str(meta["cancer"]), int(meta["fold"])
 
 
 def load_expert(path: str | Path, device: torch.device) -> Expert:
@@ -222,7 +231,8 @@ def run_expert_fold(
         "loss_per_epoch": history, "train_settings": asdict(settings), "inner_edges": np.asarray(edges, float).tolist(),
         "null": bool(gate_result and gate_result["null"]), "null_gate": gate_result,
     }
-    save_expert(out_model, model, primary_features(bags[0]).shape[1], n_bins, edges, settings)
+    save_expert(out_model, model, primary_features(bags[0]).shape[1], n_bins, edges, settings,
+                cancer=str(split["cancer"].iloc[0]), fold=fold)
     metrics = write_fold_outputs(split, fold, surv, extra, out_predictions, out_metrics, risk=risk)
     log.info("%s fold %d: C test %.3f, train %.3f", metrics["cancer"], fold, metrics["c_index_test"], metrics["c_index_train"])
     return metrics

@@ -42,14 +42,6 @@ def parse_key(name: str) -> ExpertKey:
     return source, int(fold[4:])
 
 
-def expert_key_from_path(path: str | Path) -> ExpertKey:
-    """(cancer, fold) of an expert checkpoint laid out as .../<cancer>/fold<k>/model.pt."""
-    parts = Path(path).parts
-    if len(parts) < 3 or not parts[-2].startswith("fold") or not parts[-2][4:].isdigit():
-        raise ValueError(f"expert checkpoint {path} is not laid out as .../<cancer>/fold<k>/model.pt")
-    return parts[-3], int(parts[-2][4:])
-
-
 def embed_target(
     experts: dict[ExpertKey, str | Path],
     patient_ids: Sequence[str],
