@@ -4,13 +4,13 @@
 
 rule train_baseline:
     input:
-        embeddings=f"{TRANSFER}/embeddings/{{cancer}}.h5",
-        split="results/splits/{endpoint}/{cancer}.tsv",
+        embeddings=PATH["embeddings"],
+        split=PATH["split"],
         experts=expand(
             "results/experts/{{encoder}}/{{model}}/{{endpoint}}/{source}/fold{{fold}}/model.pt",
             source=CANCERS,
         ),
-        bags="results/bags/{encoder}/{cancer}.tsv",
+        bags=PATH["bags"],
     output:
         model="results/baselines/{encoder}/{model}/{endpoint}/{method}/{cancer}/fold{fold}/model.pt",
         predictions="results/baselines/{encoder}/{model}/{endpoint}/{method}/{cancer}/fold{fold}/predictions.tsv",

@@ -7,7 +7,7 @@ rule build_labels:
     input:
         clinical=CLINICAL_INPUT,
     output:
-        labels="results/labels/{endpoint}/{cancer}.tsv",
+        labels=PATH["labels"],
         excluded="results/labels/{endpoint}/{cancer}.excluded.tsv",
     log:
         "logs/labels/{endpoint}/{cancer}.log",
@@ -25,10 +25,10 @@ rule build_labels:
 
 rule make_splits:
     input:
-        labels="results/labels/{endpoint}/{cancer}.tsv",
+        labels=PATH["labels"],
         patches=get_cancer_patches,
     output:
-        split="results/splits/{endpoint}/{cancer}.tsv",
+        split=PATH["split"],
         excluded="results/splits/{endpoint}/{cancer}.excluded.tsv",
     log:
         "logs/splits/{endpoint}/{cancer}.log",
@@ -48,7 +48,7 @@ rule bag_index:
     input:
         features=get_cancer_features,
     output:
-        "results/bags/{encoder}/{cancer}.tsv",
+        PATH["bags"],
     log:
         "logs/bags/{encoder}/{cancer}.log",
     conda:

@@ -60,6 +60,25 @@ MODEL = config["experts"]["model"]
 ENDPOINT = config["endpoint"]
 FOLDS = list(range(config["experts"]["folds"]))
 TRANSFER = "results/transfer/{encoder}/{model}/{endpoint}"  # transfer, roupkt and baselines rules write here
+# Files that more than one rule names: each path pattern is written once, here.
+PATH = {
+    "labels": "results/labels/{endpoint}/{cancer}.tsv",
+    "split": "results/splits/{endpoint}/{cancer}.tsv",
+    "bags": "results/bags/{encoder}/{cancer}.tsv",
+    "patches": "results/patches/{slide}.h5",
+    "qc_patches": "results/qc/patches/{slide}.png",
+    "features": "results/features/{encoder}/{slide}.h5",
+    "embeddings": TRANSFER + "/embeddings/{cancer}.h5",
+    "zero_shot": TRANSFER + "/zero_shot/{cancer}.tsv",
+    "selection": TRANSFER + "/selection/{cancer}.tsv",
+    "report": "results/report/index.html",
+}
+
+
+def path_of(name, **wildcards):
+    """PATH[name] with the given wildcards filled (the others stay wildcards)."""
+    return expand(PATH[name], **wildcards, allow_missing=True)[0]
+
 
 if config["demo"]["enabled"]:
     from wsikt.acquire.demo_cohort import plan_cohort, sample_sheet
@@ -175,7 +194,9 @@ def batch_slide_input(slide):
     """A feature batch's input for one slide: the slide file, or for a missing slide its (empty) patch
     file, which stands in for it (a slide without patches is never read)."""
     return (
-        f"results/patches/{slide}.h5" if slide in MISSING_SLIDES else SLIDE_PATHS[slide]
+        path_of("patches", slide=slide)
+        if slide in MISSING_SLIDES
+        else SLIDE_PATHS[slide]
     )
 
 
@@ -207,16 +228,16 @@ def get_cancer_patches(wildcards):
     """Patch h5 files of every slide of one cancer (its feature files when features are ingested)."""
     if config["features"]["ingest"]:
         return [
-            f"results/features/{ENCODER}/{s}.h5"
+            path_of("features", encoder=ENCODER, slide=s)
             for s in SLIDES_BY_CANCER[wildcards.cancer]
         ]
-    return [f"results/patches/{s}.h5" for s in SLIDES_BY_CANCER[wildcards.cancer]]
+    return [path_of("patches", slide=s) for s in SLIDES_BY_CANCER[wildcards.cancer]]
 
 
 def get_cancer_features(wildcards):
     """Feature h5 files of every slide of one cancer for one encoder."""
     return [
-        f"results/features/{wildcards.encoder}/{s}.h5"
+        path_of("features", encoder=wildcards.encoder, slide=s)
         for s in SLIDES_BY_CANCER[wildcards.cancer]
     ]
 
@@ -264,7 +285,7 @@ def get_final_outputs():
         )
         return [SAMPLES_TSV]
     base = f"results/baselines/{ENCODER}/{MODEL}/{ENDPOINT}"
-    return ["results/report/index.html"] + [
+    return [PATH["report"]] + [
         f"{base}/{m}/summary.tsv" for m in config["baselines"]["methods"]
     ]
 
@@ -287,7 +308,7 @@ def get_download_gate(wildcards):
     if config["gdc"]["keep_slides"] or config["features"]["ingest"] or k < 0:
         return []
     return [
-        ancient(f"results/features/{ENCODER}/{s}.h5")
+        ancient(path_of("features", encoder=ENCODER, slide=s))
         for s in FEATURE_BATCHES[BATCH_NAMES[k]]
     ]
 

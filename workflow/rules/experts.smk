@@ -3,8 +3,8 @@
 
 rule train_expert:
     input:
-        split="results/splits/{endpoint}/{cancer}.tsv",
-        bags="results/bags/{encoder}/{cancer}.tsv",
+        split=PATH["split"],
+        bags=PATH["bags"],
     output:
         model="results/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/model.pt",
         predictions="results/experts/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/predictions.tsv",

@@ -7,7 +7,7 @@ if config["features"]["ingest"]:
 
     rule ingest_features:
         output:
-            "results/features/{encoder}/{slide}.h5",
+            PATH["features"],
         log:
             "logs/ingest/{encoder}/{slide}.log",
         benchmark:
@@ -33,9 +33,9 @@ else:
                 f"extract_features_{_batch}"
             input:
                 slide=[batch_slide_input(s) for s in _slides],
-                patches=[f"results/patches/{s}.h5" for s in _slides],
+                patches=[path_of("patches", slide=s) for s in _slides],
             output:
-                [f"results/features/{ENCODER}/{s}.h5" for s in _slides],
+                [path_of("features", encoder=ENCODER, slide=s) for s in _slides],
             log:
                 f"logs/features/{ENCODER}/{_batch}.log",
             benchmark:

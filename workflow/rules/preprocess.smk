@@ -8,9 +8,9 @@ rule preprocess_slide:
         slide=SLIDE_INPUT,
     output:
         tissue="results/tissue/{slide}.geojson",
-        patches="results/patches/{slide}.h5",
+        patches=PATH["patches"],
         qc_tissue="results/qc/tissue/{slide}.png",
-        qc="results/qc/patches/{slide}.png",
+        qc=PATH["qc_patches"],
     log:
         "logs/preprocess/{slide}.log",
     benchmark:

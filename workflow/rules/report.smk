@@ -18,9 +18,7 @@ rule report:
             f"results/baselines/{ENCODER}/{MODEL}/{ENDPOINT}/{{method}}/summary.tsv",
             method=config["baselines"]["methods"],
         ),
-        splits=expand(
-            "results/splits/{endpoint}/{cancer}.tsv", endpoint=ENDPOINT, cancer=CANCERS
-        ),
+        splits=expand(PATH["split"], endpoint=ENDPOINT, cancer=CANCERS),
         samples=SAMPLES_TSV,
         excluded=expand(
             "results/{stage}/{endpoint}/{cancer}.excluded.tsv",
@@ -31,15 +29,15 @@ rule report:
         qc=(
             []
             if config["features"]["ingest"]
-            else expand("results/qc/patches/{slide}.png", slide=SAMPLES["slide_id"])
+            else expand(PATH["qc_patches"], slide=SAMPLES["slide_id"])
         ),
         predictions=expand(
             f"{EXPERT_FOLDS}/predictions.tsv", cancer=CANCERS, fold=FOLDS
         ),
-        models=expand(f"{EXPERT_FOLDS}/model.pt", cancer=CANCERS, fold=FOLDS),  # bin edges
+        metrics=expand(f"{EXPERT_FOLDS}/metrics.json", cancer=CANCERS, fold=FOLDS),  # bin edges
     output:
         html=report(
-            "results/report/index.html",
+            PATH["report"],
             caption="../report/index.rst",
             category="Report",
         ),

@@ -4,9 +4,9 @@
 
 rule train_roupkt:
     input:
-        embeddings=f"{TRANSFER}/embeddings/{{cancer}}.h5",
-        split="results/splits/{endpoint}/{cancer}.tsv",
-        bags="results/bags/{encoder}/{cancer}.tsv",
+        embeddings=PATH["embeddings"],
+        split=PATH["split"],
+        bags=PATH["bags"],
     output:
         model="results/roupkt/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/model.pt",
         predictions="results/roupkt/{encoder}/{model}/{endpoint}/{cancer}/fold{fold}/predictions.tsv",

@@ -10,12 +10,12 @@ rule embed_cohort:
             source=CANCERS,
             fold=FOLDS,
         ),
-        split="results/splits/{endpoint}/{cancer}.tsv",
-        bags="results/bags/{encoder}/{cancer}.tsv",
+        split=PATH["split"],
+        bags=PATH["bags"],
     output:
-        embeddings=f"{TRANSFER}/embeddings/{{cancer}}.h5",
-        zero_shot=f"{TRANSFER}/zero_shot/{{cancer}}.tsv",
-        training=f"{TRANSFER}/selection/{{cancer}}.tsv",
+        embeddings=PATH["embeddings"],
+        zero_shot=PATH["zero_shot"],
+        training=PATH["selection"],
     log:
         "logs/transfer/{encoder}/{model}/{endpoint}/embed/{cancer}.log",
     benchmark:
@@ -34,12 +34,8 @@ rule embed_cohort:
 
 rule transfer_matrix:
     input:
-        zero_shot=expand(
-            f"{TRANSFER}/zero_shot/{{cancer}}.tsv", cancer=CANCERS, allow_missing=True
-        ),
-        training=expand(
-            f"{TRANSFER}/selection/{{cancer}}.tsv", cancer=CANCERS, allow_missing=True
-        ),
+        zero_shot=expand(PATH["zero_shot"], cancer=CANCERS, allow_missing=True),
+        training=expand(PATH["selection"], cancer=CANCERS, allow_missing=True),
     output:
         folds=f"{TRANSFER}/transfer_folds.tsv",
         matrix=report(
