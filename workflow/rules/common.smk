@@ -60,7 +60,7 @@ MODEL = config["experts"]["model"]
 ENDPOINT = config["endpoint"]
 FOLDS = list(range(config["experts"]["folds"]))
 TRANSFER = "results/transfer/{encoder}/{model}/{endpoint}"  # transfer, roupkt and baselines rules write here
-# Files that more than one rule names: each path pattern is written once, here.
+# Files named by several rules: each path pattern is written once, here.
 PATH = {
     "labels": "results/labels/{endpoint}/{cancer}.tsv",
     "split": "results/splits/{endpoint}/{cancer}.tsv",
@@ -68,9 +68,9 @@ PATH = {
     "patches": "results/patches/{slide}.h5",
     "qc_patches": "results/qc/patches/{slide}.png",
     "features": "results/features/{encoder}/{slide}.h5",
-    "embeddings": TRANSFER + "/embeddings/{cancer}.h5",
-    "zero_shot": TRANSFER + "/zero_shot/{cancer}.tsv",
-    "selection": TRANSFER + "/selection/{cancer}.tsv",
+    "embeddings": f"{TRANSFER}/embeddings/{{cancer}}.h5",
+    "zero_shot": f"{TRANSFER}/zero_shot/{{cancer}}.tsv",
+    "selection": f"{TRANSFER}/selection/{{cancer}}.tsv",
     "report": "results/report/index.html",
 }
 
