@@ -76,7 +76,8 @@ def write_cohort(root: Path, n_slides: int, n_cancers: int, touch: bool = True, 
         i += 1
     (data / "samples.tsv").write_text("slide_id\tpatient_id\tcancer\tpath\n" + "\n".join(rows) + "\n")
     clinical = ["bcr_patient_barcode\ttype\tOS\tOS.time\tDSS\tDSS.time\tDFI\tDFI.time\tPFI\tPFI.time"]
-    clinical += [f"{p}\t{c}\t{j % 2}\t{100 + j}\t0\t{100 + j}\t0\t{100 + j}\t0\t{100 + j}" for j, (p, c) in enumerate(patients)]
+    # events alternate within each cancer (patients are dealt round-robin to cancers): no cancer is event-free
+    clinical += [f"{p}\t{c}\t{(j // n_cancers) % 2}\t{100 + j}\t0\t{100 + j}\t0\t{100 + j}\t0\t{100 + j}" for j, (p, c) in enumerate(patients)]
     (data / "clinical.tsv").write_text("\n".join(clinical) + "\n")
     if touch:
         for row in rows:
