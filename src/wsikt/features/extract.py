@@ -33,6 +33,7 @@ from wsikt.core.device import resolve_device
 from wsikt.core.io import atomic_path
 from wsikt.features.encoders import EncoderSpec, build_encoder, get_encoder_spec
 from wsikt.features.patch_stream import PatchDataset, embed, loader_chunk, make_loader
+from wsikt.features.stain import build_stain
 from wsikt.formats.features_h5 import FeatureWriter, count_rows
 from wsikt.formats.patches_h5 import PatchFile, read_patch_file
 from wsikt.preprocess.slide import MissingMppError, open_slide, slide_mpp
@@ -66,8 +67,10 @@ class SlideJob:
 # ------------------------------------------------------------------------------------ resume journal
 
 
-def resume_key(job: SlideJob, encoder: str, weights: str | None, precision: str | None, device: str) -> str:
-    """What a finished slide's features depend on: encoder, weights file, precision, device type and both inputs.
+def resume_key(job: SlideJob, encoder: str, weights: str | None, precision: str | None, device: str,
+               stain: dict | None = None) -> str:
+    """What a finished slide's features depend on: encoder, weights file, precision, device type, colour
+    normalisation (``stain``: its h5 attributes) and both inputs.
 
     The patch h5 is hashed (kilobytes to a few megabytes); the slide and the weights by size and
     modification time, as Snakemake judges inputs.
@@ -79,7 +82,7 @@ def resume_key(job: SlideJob, encoder: str, weights: str | None, precision: str 
     h.update(json.dumps(dict(
         encoder=encoder, weights=str(weights), wstat=[wstat.st_size, wstat.st_mtime_ns] if wstat else None,
         precision=precision, device=device, slide=[str(job.slide), stat.st_size, stat.st_mtime_ns],
-        wsikt=wsikt.__version__,
+        wsikt=wsikt.__version__, stain={k: np.asarray(v).tolist() for k, v in (stain or {}).items()},
     ), sort_keys=True).encode())
     return h.hexdigest()[:24]
 
@@ -178,14 +181,14 @@ def _journal_hook(plan: SlidePlan) -> Callable[[Path], None]:
 # ------------------------------------------------------------------------------------- many slides
 
 
-def _plan(jobs: Sequence[SlideJob], encoder: str, weights: str | None, precision: str | None, device: str
-          ) -> tuple[list[SlidePlan], list[SlideJob], dict[str, str]]:
+def _plan(jobs: Sequence[SlideJob], encoder: str, weights: str | None, precision: str | None, device: str,
+          stain: dict | None = None) -> tuple[list[SlidePlan], list[SlideJob], dict[str, str]]:
     """(slides to embed, slides taken back from the resume journal, failures: slide → one line)."""
     todo, resumed, failed = [], [], {}
     for job in jobs:
         _remove_stale_partials(job.out)
         try:
-            key = resume_key(job, encoder, weights, precision, device)
+            key = resume_key(job, encoder, weights, precision, device, stain)
             if _take_from_journal(job.out, key):
                 resumed.append(job)
                 continue
@@ -231,22 +234,28 @@ def extract_slides(
     compile: bool = False,
     prefetch: int = 2,
     encoder_model: tuple[torch.nn.Module, EncoderSpec, str] | None = None,
+    color_norm: str = "none",
+    color_norm_reference: str | None = None,
 ) -> list[int]:
     """Embed every patch of every magnification of each slide with ``encoder`` built once; one h5 per slide.
 
     Returns each slide's number of primary-magnification patches. Slides that cannot be read are
     named in one ``ExtractionError`` raised after the others are written. ``encoder_model`` is a
-    ``build_encoder`` result to reuse (``encoder`` then only keys the resume journal).
+    ``build_encoder`` result to reuse (``encoder`` then only keys the resume journal). ``color_norm``
+    names a stain normaliser (``wsikt.features.stain``) applied to every patch before the encoder;
+    its fit is stored in each h5.
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
+    stain = build_stain(color_norm, color_norm_reference)
     default = encoder_model[1].precision if encoder_model else get_encoder_spec(encoder).precision
-    plans, resumed, failed = _plan(jobs, encoder, weights, _used_precision(default, precision, dev), dev.type)
+    plans, resumed, failed = _plan(jobs, encoder, weights, _used_precision(default, precision, dev), dev.type,
+                                   stain.attrs() if stain else None)
     if resumed:
         log.info("%d of %d slides were finished by an interrupted run: taken from %s", len(resumed), len(jobs), RESUME_DIR)
     if plans:
         _embed_slides(plans, encoder, batch_size, num_workers, dev, weights, allow_hub, precision, compile,
-                      prefetch, encoder_model)
+                      prefetch, encoder_model, stain)
     if failed:
         raise ExtractionError(
             f"{len(failed)} of {len(jobs)} slides could not be embedded ({'; '.join(f'{k}: {v}' for k, v in failed.items())}); "
@@ -323,13 +332,15 @@ class SlideStream:
 
 def _embed_slides(plans: list[SlidePlan], encoder: str, batch_size: int, num_workers: int, dev: torch.device,
                   weights: str | None, allow_hub: bool, precision: str | None, compile: bool, prefetch: int,
-                  encoder_model: tuple[torch.nn.Module, EncoderSpec, str] | None) -> None:
+                  encoder_model: tuple[torch.nn.Module, EncoderSpec, str] | None, stain=None) -> None:
     """The engine behind ``extract_slides``: one encoder, one loader, slide writers opened and closed in turn."""
     t_build = time.perf_counter()
     model, spec, whash = encoder_model or build_encoder(encoder, weights, allow_hub, device=dev)
     log.info("encoder '%s' built once for %d slides on %s in %.1f s (dim %d, weights %s)", spec.name, len(plans), dev,
              time.perf_counter() - t_build, spec.dim, whash[:12])
     attrs = dict(encoder=spec.name, dim=spec.dim, weights_hash=whash, precision=_used_precision(spec.precision, precision, dev))
+    if stain is not None:
+        attrs.update(stain.attrs())
     dataset, starts = _stream(plans)
     bar = tqdm(total=len(dataset), unit="tile", desc=f"{len(plans)} slides", file=sys.stderr, mininterval=10,
                ascii=True, disable=len(dataset) == 0)
@@ -340,7 +351,7 @@ def _embed_slides(plans: list[SlidePlan], encoder: str, batch_size: int, num_wor
         loader = make_loader(dataset, chunk, num_workers, pin=dev.type == "cuda", prefetch=prefetch * batch_size // chunk,
                              starts=starts)
         stats = embed(model, spec, loader, dev, stream.sink, precision, compile, label=stream.slide_of,
-                      batch_size=batch_size, starts=starts)
+                      batch_size=batch_size, starts=starts, stain=stain)
     except BaseException as exc:
         error = stream.abort(exc)
         if error is exc:
@@ -353,6 +364,9 @@ def _embed_slides(plans: list[SlidePlan], encoder: str, batch_size: int, num_wor
                     precision or spec.precision)
     log.info("%d slides, %d patches on %s (%s, dim %d): %.1f tiles/s", len(plans), stats.n, dev, spec.name, spec.dim,
              stats.tiles_per_s)
+    if stain is not None and stain.fallbacks:
+        log.warning("%d of %d patches had no estimable stain (background or pen) and were embedded without "
+                    "colour normalisation", stain.fallbacks, stats.n)
 
 
 def extract_features(slide_path: str | Path, patches_h5: str | Path, out_h5: str | Path, encoder: str,

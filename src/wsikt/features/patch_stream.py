@@ -246,6 +246,7 @@ def embed(
     label: str | Callable[[int], str] = "",
     batch_size: int | None = None,
     starts: Sequence[int] = (),
+    stain: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> RunStats:
     """Embed every batch of ``loader`` in order; ``sink(start_row, features (n, D) float32, ok (n,))``.
 
@@ -253,7 +254,8 @@ def embed(
     loader's batch size), restarting at each row of ``starts`` (see ``regroup``).
 
     The forward of batch k is queued before batch k-1's outputs are waited for and handed to the
-    sink, so the device never idles on the host's writes. Rows that come out non-finite under
+    sink, so the device never idles on the host's writes. ``stain`` (uint8 batch → uint8 batch, on the
+    device) normalises colour before the encoder's own preprocessing. Rows that come out non-finite under
     autocast are recomputed in fp32; still non-finite raises (a broken model or weights file).
     """
     precision = precision or spec.precision
@@ -289,7 +291,7 @@ def embed(
     with torch.inference_mode():
         start = 0
         for batch, ok in regroup(loader, device, batch_size, starts):
-            x = prep(batch)
+            x = prep(batch if stain is None else stain(batch))
             out, event = _to_host(run(x), cuda)
             if pending is not None:
                 finish(pending)

@@ -5,14 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+STAIN_METHODS = ("none", "macenko")  # wsikt.features.stain.METHODS (that module imports torch)
+
 # config key → extract_slides argument, for the keys that change a slide's features or how they are computed
 CONFIG_KEYS = {"batch_size": "batch_size", "num_workers": "num_workers", "device": "device", "weights": "weights",
-               "hub": "allow_hub", "precision": "precision", "compile": "compile", "prefetch": "prefetch"}
+               "hub": "allow_hub", "precision": "precision", "compile": "compile", "prefetch": "prefetch",
+               "color_norm": "color_norm", "color_norm_reference": "color_norm_reference"}
+
+
+# keys left out of a job's params at these values, so adding them to the schema re-embeds nothing already embedded
+UNSET = {"color_norm": "none", "color_norm_reference": None}
 
 
 def feature_params(features: Mapping[str, Any]) -> dict[str, Any]:
     """The keys of config section ``features`` an extraction job uses (its rule's params)."""
-    return {k: features[k] for k in CONFIG_KEYS if k in features}
+    return {k: features[k] for k in CONFIG_KEYS if k in features and not (k in UNSET and features[k] == UNSET[k])}
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,8 @@ class FeatureSettings:
     precision: str | None = None  # None: the encoder's own ('auto' in config)
     compile: bool = False
     prefetch: int = 2
+    color_norm: str = "none"  # wsikt.features.stain.METHODS
+    color_norm_reference: str | None = None
 
     @classmethod
     def from_config(cls, features: Mapping[str, Any]) -> "FeatureSettings":
@@ -37,7 +46,22 @@ class FeatureSettings:
         values = {CONFIG_KEYS[k]: v for k, v in features.items()}
         if values.get("precision") == "auto":
             values["precision"] = None
-        return cls(**values)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Colour normalisation named and consistent (torch-free: checked when the workflow parses)."""
+        check_color_norm(self.color_norm, self.color_norm_reference)
+
+
+def check_color_norm(method: str, reference: str | None) -> None:
+    """``features.color_norm`` is a known method, and a reference image only comes with a method that uses it."""
+    if method not in STAIN_METHODS:
+        raise ValueError(f"features.color_norm '{method}' must be one of {', '.join(STAIN_METHODS)}")
+    if method == "none" and reference is not None:
+        raise ValueError("features.color_norm_reference is set but features.color_norm is 'none'; "
+                         "set color_norm: macenko or remove the reference")
 
     def kwargs(self) -> dict[str, Any]:
         """As keyword arguments of ``extract_slides``."""
