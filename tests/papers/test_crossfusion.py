@@ -77,3 +77,37 @@ def test_quantile_bins_match_the_paper(ref):
     inner = fit_time_bins(months, events, kind="quantile", n_bins=4)
     np.testing.assert_allclose(inner, ref["bins/edges"][1:-1], rtol=0, atol=1e-9)
     np.testing.assert_array_equal(assign_bins(months, inner), ref["bins/labels"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The preset: config/papers/crossfusion.yaml
+# ---------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+PENDING_KEYS = {"cancer_groups", "splits"}  # top-level keys another change adds to the schema
+
+
+def test_preset_is_valid_and_sets_the_papers_setup():
+    import yaml
+
+    from wsikt.config.validate import validate_config
+    from wsikt.training.settings import TrainSettings
+
+    schema_path = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+    known = set(yaml.safe_load(schema_path.read_text())["properties"])
+    preset = yaml.safe_load((ROOT / "config" / "papers" / "crossfusion.yaml").read_text())
+    missing = set(preset) - known
+    assert missing <= PENDING_KEYS, f"preset keys the schema does not know: {sorted(missing - PENDING_KEYS)}"
+    cfg = validate_config({k: v for k, v in preset.items() if k in known}, schema_path)
+    ex = cfg["experts"]
+    assert (ex["model"], ex["loss"], ex["alpha"], ex["dropout"], ex["epochs"], ex["lr"]) == ("crossfusion", "nll", 0.2, 0.3, 100, 1e-4)
+    assert ex["bins"]["kind"] == "quantile" and ex["bins"]["n_bins"] == 4
+    assert cfg["preprocess"]["context_mpp"] == [1.0, 2.0] and cfg["preprocess"]["target_mpp"] == 0.5
+    assert cfg["roupkt"]["targets"] == [] and ex["null_gate"]["inner_folds"] == 0 and ex["feature_norm"] == "none"
+    if "cancer_groups" in preset:
+        assert preset["cancer_groups"] == {"GBMLGG": ["TCGA-GBM", "TCGA-LGG"]}
+    settings = TrainSettings.from_config(ex)
+    model = build_model(settings.model, 1024, settings.n_bins, dropout=settings.dropout, **settings.model_params)
+    agg = model.aggregator
+    assert agg.scales == ("20x", "10x", "5x") and agg.readout.pre[0].attn.heads == 4
+    assert agg.readout.pre[0].attn.attn_dropout == 0.2 and agg.fusion.drop.p == 0.3
