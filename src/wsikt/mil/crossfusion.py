@@ -11,7 +11,9 @@ Linear+LayerNorm restores it, and a last transformer reads a class token out.
 ``embedding`` is that LayerNorm-ed class token (``hidden`` wide, 512 by default); ``logits`` is
 a Linear of it. The grid depends on each patient's 10x token count and order, so patients are
 run one by one inside a batch: a patient's output never depends on who shares its batch.
-Attention dropout (0.2) acts in training only; the reference keeps it on at evaluation.
+Attention dropout (0.2) acts in training only; the reference keeps it on at evaluation. In
+training each patient is checkpointed (``checkpointing``): a step of 32 patients holds one
+patient's activations at a time, recomputed in the backward pass with the same dropout masks.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from wsikt.core.model_facts import DEFAULT_SCALES
 from wsikt.mil.base import Aggregator, Batch
@@ -172,9 +175,10 @@ class CrossFusion(Aggregator):
     """Whole-slide 10x→5x and 10x→20x cross-attention, three transformer streams, conv fusion, class-token readout."""
 
     def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, dropout: float = 0.3, heads: int = 4, layers: int = 1,
-                 attn_dropout: float = 0.2, mlp_ratio: float = 2.0,
+                 attn_dropout: float = 0.2, mlp_ratio: float = 2.0, checkpointing: bool = True,
                  scales: Sequence[str] = DEFAULT_SCALES["crossfusion"]) -> None:
         super().__init__()
+        self.checkpointing = checkpointing
         self.use_scales(scales, ("fine", "middle", "coarse"))
         if hidden % 2:
             raise ValueError(f"CrossFusion hidden width {hidden} must be even (experts.model_params.hidden)")
@@ -214,5 +218,9 @@ class CrossFusion(Aggregator):
                 raise ValueError(f"a patient has no {self.scales[s]} patches; CrossFusion needs every magnification "
                                  "(preprocess.context_mpp)")
             per_scale.append(torch.split(batch[f"rows{s}"], counts))
-        emb = torch.stack([self.patient(f, m, c) for f, m, c in zip(*per_scale)])
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            # keep one patient's activations at a time (recomputed in backward, same dropout masks)
+            emb = torch.stack([checkpoint(self.patient, f, m, c, use_reentrant=False) for f, m, c in zip(*per_scale)])
+        else:
+            emb = torch.stack([self.patient(f, m, c) for f, m, c in zip(*per_scale)])
         return {"logits": self.classifier(emb), "embedding": emb}
