@@ -62,6 +62,20 @@ def test_attention_dropout_acts_in_training_only(ref):
         assert not torch.allclose(model(batch)["logits"], first)  # dropout (0.3) and attention dropout (0.2) act
 
 
+
+def test_checkpointing_changes_no_gradient(ref):
+    """Per-patient checkpointing in training (memory) recomputes the same activations, dropout masks included."""
+    grads = []
+    for flag in (False, True):
+        model, bags = _model_and_bags(ref, "a")
+        model.aggregator.checkpointing = flag
+        model.train()
+        torch.manual_seed(3)
+        model(model.collate(bags, torch.device("cpu")))["logits"].pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.aggregator.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
+    assert grads[0].abs().sum() > 0
+
 def test_nll_loss_matches_the_paper(ref):
     hazards = torch.from_numpy(ref["loss/hazards"]).requires_grad_(True)
     events = torch.from_numpy(1 - ref["loss/censorship"])
