@@ -24,6 +24,7 @@ from wsikt.mil.base import (
 )
 from wsikt.mil.chowder import Chowder
 from wsikt.mil.crossfusion import CrossFusion
+from wsikt.mil.crossfusion_local import CrossFusionLocal
 from wsikt.mil.dsca import DSCA
 from wsikt.mil.dsmil import DSMIL
 from wsikt.mil.pooling import ABMIL, PoolMIL
@@ -37,7 +38,8 @@ REGISTRY: dict[str, Callable[..., Aggregator]] = {
     "chowder": Chowder,
     "dsmil": DSMIL,
     "dsca": DSCA,
-    "crossfusion": CrossFusion,
+    "crossfusion": CrossFusion,  # the paper's model (RustinS/CrossFusion)
+    "crossfusion_local": CrossFusionLocal,  # our parent-linked variant: local, order-free, ~5x smaller
 }
 MODELS = tuple(REGISTRY)
 LOSSES = ("nll", "cox")
@@ -133,7 +135,7 @@ def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25, loss
 
 
 __all__ = [
-    "ABMIL", "Aggregator", "Batch", "Chowder", "CrossAttention", "CrossFusion", "DSCA", "DSMIL", "Expert",
+    "ABMIL", "Aggregator", "Batch", "Chowder", "CrossAttention", "CrossFusion", "CrossFusionLocal", "DSCA", "DSMIL", "Expert",
     "GatedAttention", "LOSSES", "MODELS", "PRIMARY", "PoolMIL", "REGISTRY", "TransMIL", "build_model",
     "masked_softmax", "model_scales", "pack_arrays", "pad_bags",
 ]
