@@ -184,3 +184,23 @@ def test_preset_is_cropkts_setup_and_validates():
     assert cfg["baselines"]["methods"] == []
     PatchSettings.from_config(cfg["preprocess"])
     FeatureSettings.from_config(feature_params(cfg["features"]))
+
+
+def test_schema_defaults_are_cropkts_and_the_settings_classes_agree():
+    """Keys a config leaves out take CROPKT's values, and the library's dataclass defaults are the same."""
+    from dataclasses import fields
+
+    import yaml
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]
+    experts, roupkt = props["experts"]["properties"], props["roupkt"]["properties"]
+    cropkt = {"drop_last": True, "lr_schedule": "hf_cosine", "projection_dropout": 0.0, "dropout": 0.25,
+              "patients_per_step": 16, "warmup_epochs": 1, "epochs": 20, "lr": 1e-4, "weight_decay": 1e-5, "seed": 42,
+              "alpha": 0.5, "feature_norm": "none"}
+    assert {k: experts[k]["default"] for k in cropkt} == cropkt
+    train = TrainSettings()
+    assert {f.name: getattr(train, f.name) for f in fields(train) if f.name in cropkt} == cropkt
+    settings = RoupktSettings()
+    assert {k: roupkt[k]["default"] for k in ("balance", "source_folds", "topk", "expert_set", "balance_weight", "z_weight")} \
+        == {k: getattr(settings, k) for k in ("balance", "source_folds", "topk", "expert_set", "balance_weight", "z_weight")} \
+        == {"balance": "top1", "source_folds": 0, "topk": 5, "expert_set": "all", "balance_weight": 0.01, "z_weight": 0.01}
