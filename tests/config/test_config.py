@@ -231,6 +231,7 @@ def test_missing_slide_files_are_listed_by_sheet_row(tmp_path):
     [
         (lambda c: c["preprocess"]["segmentation"].update(mthresh=8), "preprocess.segmentation.mthresh"),
         (lambda c: c["experts"].update(model="crossfusion"), "preprocess.context_mpp"),
+        (lambda c: c["roupkt"].update(source_folds=5), "roupkt.source_folds"),
     ],
 )
 def test_inconsistent_keys_rejected_with_the_fix(cfg, edit, key):

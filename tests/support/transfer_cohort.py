@@ -25,7 +25,7 @@ FOLDS = 3
 # name → (patients, mechanism): risk rises with feature 0 ('shared'), falls ('reversed'), or is noise ('none')
 CANCERS = {"SHA": (30, "shared"), "SHB": (30, "shared"), "REV": (30, "reversed"), "NOI": (48, "none")}
 SETTINGS = TrainSettings(epochs=6, lr=2e-3, patients_per_step=8, warmup_epochs=1, n_bins=4, bin_width_days=400.0,
-                         feature_norm="standardize", seed=3)
+                         feature_norm="standardize", seed=3, drop_last=False, lr_schedule="cosine", projection_dropout=0.25)
 
 
 def write_synthetic_features(path: Path, feats: np.ndarray) -> None:

@@ -89,25 +89,35 @@ def test_settings_name_the_config_key():
         RoupktSettings(expert_set="best")
     with pytest.raises(ValueError, match="roupkt.topk"):
         RoupktSettings(topk=0)
+    with pytest.raises(ValueError, match="roupkt.source_folds"):
+        RoupktSettings(source_folds="first")
+    with pytest.raises(ValueError, match="roupkt.source_folds"):
+        RoupktSettings(source_folds=-1)
+    assert (RoupktSettings().balance, RoupktSettings().source_folds) == ("top1", 0)  # CROPKT's code and config
 
 
 def test_expert_sets_self_first_and_positive_from_training_data_only(cohort):
     split = cohort.splits["SHA"]
-    every = roupkt_experts(cohort.caches["SHA"], split, "SHA", 1, RoupktSettings())
-    assert every == [("SHA", 1), ("NOI", 1), ("REV", 1), ("SHB", 1)]
+    every = roupkt_experts(cohort.caches["SHA"], split, "SHA", 1, RoupktSettings())  # CROPKT: fold 0 of every source
+    assert every == [("SHA", 1), ("NOI", 0), ("REV", 0), ("SHB", 0)]
+    matched = roupkt_experts(cohort.caches["SHA"], split, "SHA", 1, RoupktSettings(source_folds="matched"))
+    assert matched == [("SHA", 1), ("NOI", 1), ("REV", 1), ("SHB", 1)]
+    assert roupkt_experts(cohort.caches["SHA"], split, "SHA", 0, RoupktSettings(source_folds=2))[1:] == [("NOI", 2), ("REV", 2), ("SHB", 2)]
+    with pytest.raises(KeyError, match="roupkt.source_folds"):
+        roupkt_experts(cohort.caches["SHA"], split, "SHA", 0, RoupktSettings(source_folds=FOLDS))
     all_folds = roupkt_experts(cohort.caches["SHA"], split, "SHA", 1, RoupktSettings(source_folds="all"))
     assert all_folds[0] == ("SHA", 1) and len(all_folds) == 1 + 3 * FOLDS and ("SHA", 0) not in all_folds
     for fold in range(FOLDS):
-        pos = roupkt_experts(cohort.caches["SHA"], split, "SHA", fold, RoupktSettings(expert_set="positive", threshold=0.6))
+        pos = roupkt_experts(cohort.caches["SHA"], split, "SHA", fold, RoupktSettings(expert_set="positive", threshold=0.6, source_folds="matched"))
         assert ("SHB", fold) in pos and ("REV", fold) not in pos
         assert pos == roupkt_experts(cohort.caches["SHA"], poison_test_labels(split, fold), "SHA", fold,
-                                     RoupktSettings(expert_set="positive", threshold=0.6))
+                                     RoupktSettings(expert_set="positive", threshold=0.6, source_folds="matched"))
 
 
 def test_one_fold_writes_expert_style_predictions_router_usage_and_metrics(cohort, tmp_path):
     split, fold = cohort.splits["SHB"], 2
     out = {k: tmp_path / f for k, f in (("m", "model.pt"), ("p", "predictions.tsv"), ("r", "router.tsv"), ("j", "metrics.json"))}
-    settings = RoupktSettings(topk=2)
+    settings = RoupktSettings(topk=2, source_folds="matched")
     metrics = run_roupkt_fold(split, cohort.bags["SHB"], cohort.caches["SHB"], "SHB", fold, cohort.settings, settings,
                               out["m"], out["p"], out["r"], out["j"], CPU)
     preds = pd.read_csv(out["p"], sep="\t")

@@ -55,6 +55,10 @@ def check_consistency(config: dict, source: str = "config") -> None:
     mthresh = pre.get("segmentation", {}).get("mthresh")
     if mthresh is not None and mthresh % 2 == 0:
         raise ConfigError(f"{source}: preprocess.segmentation.mthresh {mthresh} must be odd (a median-blur kernel)")
+    source_fold, folds = config.get("roupkt", {}).get("source_folds"), exp.get("folds")
+    if isinstance(source_fold, int) and not isinstance(source_fold, bool) and folds is not None and source_fold >= folds:
+        raise ConfigError(f"{source}: roupkt.source_folds {source_fold} names a fold the experts do not have "
+                          f"(experts.folds {folds}): use a fold in 0..{folds - 1} (CROPKT: 0), matched or all")
     if "model" in exp and target is not None:
         have = {mag_name(target), *(mag_name(m) for m in context)}
         need = [s for s in model_scales(exp["model"], **exp.get("model_params", {})) if s != PRIMARY]

@@ -6,6 +6,8 @@ transfer and routing, and names the magnifications it reads in ``scales``.
 
 from __future__ import annotations
 
+import inspect
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import torch
@@ -32,8 +34,8 @@ from wsikt.mil.transmil import TransMIL
 
 REGISTRY: dict[str, Callable[..., Aggregator]] = {
     "abmil": ABMIL,
-    "mean": lambda in_dim, n_bins, **kw: PoolMIL(in_dim, n_bins, pool="mean", **kw),
-    "max": lambda in_dim, n_bins, **kw: PoolMIL(in_dim, n_bins, pool="max", **kw),
+    "mean": partial(PoolMIL, pool="mean"),
+    "max": partial(PoolMIL, pool="max"),
     "transmil": TransMIL,
     "chowder": Chowder,
     "dsmil": DSMIL,
@@ -117,16 +119,26 @@ def _unknown(name: str) -> KeyError:
     return KeyError(f"unknown aggregator '{name}' (config key experts.model); known: {', '.join(MODELS)}")
 
 
-def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25, loss: str = "nll", **params: Any) -> Expert:
+def has_projection_dropout(name: str) -> bool:
+    """Whether aggregator ``name`` takes ``projection_dropout`` (dropout after its Linear+ReLU feature projection)."""
+    return "projection_dropout" in inspect.signature(REGISTRY[name]).parameters
+
+
+def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25, loss: str = "nll",
+                projection_dropout: float | None = None, **params: Any) -> Expert:
     """Instantiate the aggregator registered under ``name`` (experts.model) as an Expert.
 
     ``params`` are the model's own hyper-parameters (experts.model_params), e.g. scales, heads.
-    With loss 'cox' the head has one output (log-risk); ``n_bins`` stays the number of survival columns.
+    ``projection_dropout`` (experts.projection_dropout) reaches the aggregators that take it (abmil,
+    mean, max); the others keep their own layout. With loss 'cox' the head has one output (log-risk);
+    ``n_bins`` stays the number of survival columns.
     """
     if name not in REGISTRY:
         raise _unknown(name)
     if "scales" in params:
         params["scales"] = tuple(params["scales"])
+    if projection_dropout is not None and has_projection_dropout(name):
+        params.setdefault("projection_dropout", projection_dropout)
     try:
         agg = REGISTRY[name](in_dim, 1 if loss == "cox" else n_bins, dropout=dropout, **params)
     except TypeError as exc:
@@ -135,7 +147,8 @@ def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25, loss
 
 
 __all__ = [
-    "ABMIL", "Aggregator", "Batch", "Chowder", "CrossAttention", "CrossFusion", "CrossFusionLocal", "DSCA", "DSMIL", "Expert",
-    "GatedAttention", "LOSSES", "MODELS", "PRIMARY", "PoolMIL", "REGISTRY", "TransMIL", "build_model",
+    "ABMIL", "Aggregator", "Batch", "Chowder", "CrossAttention", "CrossFusion", "CrossFusionLocal", "DSCA", "DSMIL",
+    "Expert", "GatedAttention", "LOSSES", "MODELS", "PRIMARY", "PoolMIL", "REGISTRY", "TransMIL", "build_model",
+    "has_projection_dropout",
     "masked_softmax", "model_scales", "pack_arrays", "pad_bags",
 ]

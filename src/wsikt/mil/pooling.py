@@ -9,11 +9,15 @@ from wsikt.mil.base import Aggregator, Batch, GatedAttention, masked_softmax, pr
 
 
 class ABMIL(Aggregator):
-    """CROPKT's expert: Linear(D→512)+ReLU → gated attention (384, dropout 0.25) → Linear(512→T)."""
+    """CROPKT's expert: Linear(D→512)+ReLU → gated attention (384, dropout 0.25) → Linear(512→T).
 
-    def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, attn_hidden: int = 384, dropout: float = 0.25) -> None:
+    ``projection_dropout`` follows the feature projection; CROPKT has none there (0.0).
+    """
+
+    def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, attn_hidden: int = 384, dropout: float = 0.25,
+                 projection_dropout: float = 0.0) -> None:
         super().__init__()
-        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(projection_dropout))
         self.attention = GatedAttention(hidden, attn_hidden, dropout)
         self.classifier = nn.Linear(hidden, n_bins)
 
@@ -35,13 +39,17 @@ class ABMIL(Aggregator):
 
 
 class PoolMIL(Aggregator):
-    """Linear(D→512)+ReLU, then mean or max pooling over valid instances, then Linear(512→T)."""
+    """Linear(D→512)+ReLU, then mean or max pooling over valid instances, then Linear(512→T) (CROPKT's DeepMIL).
 
-    def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, dropout: float = 0.25, pool: str = "mean") -> None:
+    ``dropout`` is unused (there is no attention); ``projection_dropout`` follows the projection (CROPKT: none).
+    """
+
+    def __init__(self, in_dim: int, n_bins: int, hidden: int = 512, dropout: float = 0.25, pool: str = "mean",
+                 projection_dropout: float = 0.0) -> None:
         super().__init__()
         if pool not in ("mean", "max"):
             raise ValueError(f"pool '{pool}' must be 'mean' or 'max'")
-        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(projection_dropout))
         self.classifier = nn.Linear(hidden, n_bins)
         self.pool = pool
 

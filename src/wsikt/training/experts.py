@@ -34,7 +34,8 @@ def new_expert(bags: Sequence[Bag], n_bins: int, settings: TrainSettings, device
     """A freshly initialised expert (seeded) with its feature normalisation fit on ``bags``."""
     torch.manual_seed(settings.seed)
     in_dim = primary_features(bags[0]).shape[1]
-    model = build_model(settings.model, in_dim, n_bins, settings.dropout, settings.loss, **settings.model_params).to(device)
+    model = build_model(settings.model, in_dim, n_bins, settings.dropout, settings.loss, settings.projection_dropout,
+                        **settings.model_params).to(device)
     if settings.feature_norm == "standardize":
         stats = [feature_stats([as_patient_bag(b).scale(s) for b in bags]) for s in model.scales]
         mean = torch.from_numpy(np.stack([m for m, _ in stats])).float().to(device)
@@ -174,7 +175,7 @@ def load_expert(path: str | Path, device: torch.device) -> Expert:
     """Rebuild an expert from its checkpoint, in eval mode."""
     ckpt = read_checkpoint(path, device, kind="expert")
     s = ckpt.train_settings
-    model = build_model(s.model, ckpt.meta["in_dim"], ckpt.meta["n_bins"], s.dropout, s.loss, **s.model_params)
+    model = build_model(s.model, ckpt.meta["in_dim"], ckpt.meta["n_bins"], s.dropout, s.loss, s.projection_dropout, **s.model_params)
     model.load_state_dict(ckpt.state_dict)
     return model.to(device).eval()
 

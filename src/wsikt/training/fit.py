@@ -1,8 +1,10 @@
 """The one fit loop: experts, ROUPKT and the fine-tuning baselines are all trained by :func:`fit`.
 
-One optimiser step per ``patients_per_step`` patients (a shuffled epoch, last partial step kept);
-AdamW with weight decay on ≥2-D weights only; linear warmup then cosine decay; the model after the
-last epoch is kept (no selection on held-out data). The loss is the discrete-time NLL(α) or the
+One optimiser step per ``patients_per_step`` patients of a shuffled epoch: floor(N/patients_per_step)
+steps with the last partial step dropped (CROPKT, ``drop_last``) or ceil(N/…) steps keeping it;
+AdamW with weight decay on ≥2-D weights only; linear warmup then cosine decay (Hugging Face's
+``get_cosine_schedule_with_warmup`` as CROPKT uses it, or wsikt's warmup that starts above 0); the
+model after the last epoch is kept (no selection on held-out data). The loss is the discrete-time NLL(α) or the
 Cox partial likelihood, plus the model's auxiliary loss when it has one (ROUPKT's routing losses).
 """
 
@@ -41,16 +43,34 @@ def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.opt
     )
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``warmup_steps`` then cosine decay to 0 at ``total_steps``."""
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "hf_cosine") -> float:
+    """The learning-rate multiplier of optimiser step ``step`` (0-based): linear warmup, then cosine decay to 0.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    'hf_cosine' is Hugging Face's get_cosine_schedule_with_warmup (half a cycle): step/warmup during
+    warmup, so the first step has lr 0. 'cosine' warms up one step ahead, (step+1)/warmup.
+    """
+    if step < warmup_steps:
+        return (step + (schedule == "cosine")) / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(0.0, 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                       schedule: str = "hf_cosine") -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup_steps`` then cosine decay to 0 at ``total_steps`` (see :func:`lr_factor`)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, schedule))
+
+
+def step_slices(n: int, patients_per_step: int, drop_last: bool) -> list[slice]:
+    """The positions in a shuffled epoch of ``n`` patients that each optimiser step trains on.
+
+    With ``drop_last`` the last partial step is dropped (floor(n/p) steps, CROPKT); a training set
+    smaller than one step is then trained as one step of all its patients (CROPKT's loop has no step
+    there and fails).
+    """
+    p = patients_per_step
+    n_steps = n // p if drop_last and n >= p else math.ceil(n / p)
+    return [slice(i * p, min(n, (i + 1) * p)) for i in range(n_steps)]
 
 
 def survival_loss(logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor, times: torch.Tensor | None,
@@ -68,16 +88,16 @@ def fit(module: nn.Module, forward: StepForward, targets: Targets, settings: Tra
     n = len(targets.bins)
     rng = np.random.default_rng(settings.seed)
     opt = optimizer_for(module, settings.lr, settings.weight_decay)
-    steps = math.ceil(n / settings.patients_per_step)
-    sched = cosine_with_warmup(opt, settings.warmup_epochs * steps, settings.epochs * steps)
+    steps = step_slices(n, settings.patients_per_step, settings.drop_last)
+    sched = cosine_with_warmup(opt, settings.warmup_epochs * len(steps), settings.epochs * len(steps), settings.lr_schedule)
     y, e = torch.as_tensor(targets.bins, device=device), torch.as_tensor(targets.events, device=device)
     t = None if targets.times is None else torch.as_tensor(np.asarray(targets.times, np.float64), device=device)
     history = []
     for _ in range(settings.epochs):
         module.train()
-        order, total = rng.permutation(n), 0.0
-        for start in range(0, n, settings.patients_per_step):
-            idx = order[start:start + settings.patients_per_step]
+        order, total, seen = rng.permutation(n), 0.0, 0
+        for part in steps:
+            idx = order[part]
             logits, aux = forward(idx)
             ti = torch.as_tensor(idx, device=device)
             loss = survival_loss(logits, y[ti], e[ti], None if t is None else t[ti], settings)
@@ -88,5 +108,6 @@ def fit(module: nn.Module, forward: StepForward, targets: Targets, settings: Tra
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-        history.append(total / n)
+            seen += len(idx)
+        history.append(total / seen)
     return history

@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 from wsikt.core.model_facts import check_loss_config
 
+LR_SCHEDULES = ("hf_cosine", "cosine")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -17,9 +19,12 @@ class TrainSettings:
     lr: float = 1e-4
     weight_decay: float = 1e-5
     patients_per_step: int = 16
+    drop_last: bool = True  # CROPKT: floor(N / patients_per_step) steps per epoch; False keeps the last partial step
     warmup_epochs: int = 1
+    lr_schedule: str = "hf_cosine"  # HF get_cosine_schedule_with_warmup (lr 0 at the first step); 'cosine': warmup from lr/warmup
     alpha: float = 0.5
-    dropout: float = 0.25
+    dropout: float = 0.25  # in the attention (and the other aggregators' layers)
+    projection_dropout: float = 0.0  # after the Linear+ReLU feature projection of abmil/mean/max and the ROUPKT router (CROPKT: none)
     seed: int = 42
     feature_norm: str = "none"  # 'standardize': z-score features with training-fold patch statistics
     bins_kind: str = "uniform"
@@ -31,6 +36,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.feature_norm not in ("none", "standardize"):
             raise ValueError(f"experts.feature_norm '{self.feature_norm}' must be 'none' or 'standardize'")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"experts.lr_schedule '{self.lr_schedule}' must be one of {', '.join(LR_SCHEDULES)}")
         check_loss_config(self.loss, self.patients_per_step)
 
     @classmethod

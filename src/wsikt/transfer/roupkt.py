@@ -8,19 +8,22 @@ router, adapters, head; the experts are frozen (only their cached embeddings are
 
 Experts (E): the target's own fold-matched expert ("self", trained on this outer fold's training
 patients only) plus the other sources' experts. Other cancers' experts never saw a target patient,
-so any of their folds is leak-free; ``source_folds='matched'`` (default) takes fold k of each
-source for outer fold k (one network per source, E = sources + 1), ``'all'`` takes every fold of
-every source as its own expert. ``expert_set='positive'`` keeps only sources whose zero-shot C on
+so any of their folds is leak-free; ``source_folds=0`` (default, CROPKT) takes fold 0 of each source
+for every outer fold (any fold number f: fold f), ``'matched'`` takes fold k of each source for
+outer fold k (both: one network per source, E = sources + 1), ``'all'`` takes every fold of every
+source as its own expert. ``expert_set='positive'`` keeps only sources whose zero-shot C on
 this fold's TRAINING patients is above ``threshold`` (never the test fold).
 
 Caveat (as in CROPKT): the self expert was trained on this fold's training patients, so its cached
 embeddings of those patients are in-sample and look more informative in training than on the
 test fold; the router may over-weight it. Its test-fold embeddings are out-of-sample.
 
-Balance loss: ``'switch'`` (default) is the Switch-Transformer load balance E·Σ_e f_e·P_e, with f_e
-the share of patients whose top-1 expert is e (not differentiable) and P_e the mean router
-probability (differentiable); it is 1 when routing is uniform. ``'top1'`` is the mean top-1
-probability (discourages confident routing, not imbalance). z-loss = mean logsumexp(logits)².
+Balance loss: ``'top1'`` (default, what CROPKT's code computes: one patient per forward, averaged
+over the step) is the mean top-1 probability (discourages confident routing, not imbalance).
+``'switch'`` is the Switch-Transformer load balance E·Σ_e f_e·P_e that CROPKT's comment names, with
+f_e the share of patients whose top-1 expert is e (not differentiable) and P_e the mean router
+probability (differentiable); it is 1 when routing is uniform. z-loss = mean logsumexp(logits)².
+The router's feature projection is Linear+ReLU with ``experts.projection_dropout`` after it (CROPKT: 0).
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ class RoupktSettings:
     topk: int = 5
     expert_set: str = "all"  # 'all' or 'positive' (training-only zero-shot C > threshold)
     threshold: float = 0.6
-    source_folds: str = "matched"  # 'matched' (fold k of each source) or 'all' (every fold an expert)
-    balance: str = "switch"  # 'switch': E·Σ f_e·P_e (f_e = top-1 share); 'top1': mean top-1 probability
+    source_folds: str | int = 0  # a fold number f (fold f of each source; CROPKT: 0), 'matched' (fold k) or 'all'
+    balance: str = "top1"  # 'top1': mean top-1 probability (CROPKT's code); 'switch': E·Σ f_e·P_e (f_e = top-1 share)
     balance_weight: float = 0.01
     z_weight: float = 0.01
 
@@ -69,10 +72,12 @@ class RoupktSettings:
         if self.topk < 1:
             raise ValueError(f"roupkt.topk must be ≥ 1, got {self.topk}")
         for key, value, allowed in (("expert_set", self.expert_set, ("all", "positive")),
-                                    ("source_folds", self.source_folds, ("matched", "all")),
-                                    ("balance", self.balance, ("switch", "top1"))):
+                                    ("balance", self.balance, ("top1", "switch"))):
             if value not in allowed:
                 raise ValueError(f"roupkt.{key} '{value}' must be one of {', '.join(allowed)}")
+        fixed = isinstance(self.source_folds, int) and not isinstance(self.source_folds, bool)
+        if not (self.source_folds in ("matched", "all") or (fixed and self.source_folds >= 0)):
+            raise ValueError(f"roupkt.source_folds {self.source_folds!r} must be a fold number (e.g. 0, CROPKT), matched or all")
 
 
 def primary(bag) -> np.ndarray:
@@ -87,8 +92,8 @@ def route(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     return {"probs": probs, "topk_idx": idx, "topk_weight": weights, "dense": torch.zeros_like(probs).scatter(-1, idx, weights)}
 
 
-def balance_loss(probs: torch.Tensor, kind: str = "switch") -> torch.Tensor:
-    """Load balance: Switch-style E·Σ_e f_e·P_e (f_e share of top-1 picks, P_e mean probability), or mean top-1 probability."""
+def balance_loss(probs: torch.Tensor, kind: str = "top1") -> torch.Tensor:
+    """Load balance: mean top-1 probability (CROPKT's code), or Switch-style E·Σ_e f_e·P_e (f_e share of top-1 picks, P_e mean probability)."""
     if kind == "top1":
         return probs.max(dim=-1).values.mean()
     n_experts = probs.shape[-1]
@@ -102,12 +107,13 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 class Router(nn.Module):
-    """ABMIL over the patient's (normalised) patch features → Linear(512→E, no bias) logits."""
+    """ABMIL over the patient's (normalised) patch features → Linear(hidden (512)→E, no bias) logits."""
 
-    def __init__(self, in_dim: int, n_experts: int, dropout: float = 0.25) -> None:
+    def __init__(self, in_dim: int, n_experts: int, dropout: float = 0.25, projection_dropout: float = 0.0,
+                 hidden: int = 512, attn_hidden: int = 384) -> None:
         super().__init__()
-        self.abmil = ABMIL(in_dim, 1, dropout=dropout)  # its 1-bin classifier is unused
-        self.gate = nn.Linear(512, n_experts, bias=False)
+        self.abmil = ABMIL(in_dim, 1, hidden, attn_hidden, dropout, projection_dropout)  # its 1-bin classifier is unused
+        self.gate = nn.Linear(hidden, n_experts, bias=False)
         self.register_buffer("feature_mean", torch.zeros(in_dim))
         self.register_buffer("feature_std", torch.ones(in_dim))
 
@@ -118,12 +124,16 @@ class Router(nn.Module):
 
 
 class ROUPKT(nn.Module):
-    """Router + per-expert adapters + new survival head over cached expert embeddings (B, E, 512)."""
+    """Router + per-expert adapters + new survival head over cached expert embeddings (B, E, 512).
 
-    def __init__(self, in_dim: int, n_experts: int, n_bins: int, topk: int = 5, emb_dim: int = 512, dropout: float = 0.25) -> None:
+    The router's width is the embeddings' (512), as in CROPKT; ``attn_hidden`` is its attention's (384).
+    """
+
+    def __init__(self, in_dim: int, n_experts: int, n_bins: int, topk: int = 5, emb_dim: int = 512, dropout: float = 0.25,
+                 projection_dropout: float = 0.0, attn_hidden: int = 384) -> None:
         super().__init__()
         self.topk = topk
-        self.router = Router(in_dim, n_experts, dropout)
+        self.router = Router(in_dim, n_experts, dropout, projection_dropout, emb_dim, attn_hidden)
         self.adapters = nn.ModuleList(nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.ReLU()) for _ in range(n_experts))
         self.head = nn.Linear(emb_dim, n_bins)
 
@@ -143,13 +153,15 @@ def roupkt_experts(cache_h5: str | Path, split: pd.DataFrame, target: str, fold:
     sources = sorted({s for s, _ in keys if s != target})
     if settings.expert_set == "positive":
         sources = sorted(positive_sources(selection_matrix(cache_h5, split, target, fold), target, settings.threshold))
-    if settings.source_folds == "matched":
-        missing = [s for s in sources if (s, fold) not in keys]
-        if missing:
-            raise KeyError(f"sources {missing} have no fold-{fold} expert in {cache_h5}; use roupkt.source_folds: all")
-        others = [(s, fold) for s in sources]
-    else:
+    if settings.source_folds == "all":
         others = [k for k in keys if k[0] in sources]
+    else:
+        source_fold = fold if settings.source_folds == "matched" else int(settings.source_folds)
+        missing = [s for s in sources if (s, source_fold) not in keys]
+        if missing:
+            raise KeyError(f"sources {missing} have no fold-{source_fold} expert in {cache_h5}; "
+                           "set roupkt.source_folds to a fold every source has, or to all")
+        others = [(s, source_fold) for s in sources]
     return [(target, fold), *others]
 
 
@@ -169,7 +181,8 @@ def train_roupkt(
     """
     bags = [primary(b) for b in bags]
     torch.manual_seed(train.seed)
-    model = ROUPKT(bags[0].shape[1], emb.shape[1], n_bins, settings.topk, emb.shape[2], train.dropout).to(device)
+    model = ROUPKT(bags[0].shape[1], emb.shape[1], n_bins, settings.topk, emb.shape[2], train.dropout,
+                   train.projection_dropout).to(device)
     if train.feature_norm == "standardize":
         patches = torch.from_numpy(np.concatenate(bags)).double()
         model.router.feature_mean.copy_(patches.mean(0).float())
@@ -256,6 +269,6 @@ def load_roupkt(path: str | Path, device: torch.device) -> tuple[ROUPKT, list[st
     ckpt = read_checkpoint(path, device, kind="roupkt")
     meta = ckpt.meta
     model = ROUPKT(meta["in_dim"], len(meta["experts"]), meta["n_bins"], ckpt.settings["topk"],
-                   int(ckpt.state_dict["head.weight"].shape[1]), ckpt.train_settings.dropout)
+                   int(ckpt.state_dict["head.weight"].shape[1]), ckpt.train_settings.dropout, ckpt.train_settings.projection_dropout)
     model.load_state_dict(ckpt.state_dict)
     return model.to(device).eval(), list(meta["experts"])
