@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsikt.cohort.bags import Bag, PatientBag, as_patient_bag
+from wsikt.cohort.bags import PRIMARY, Bag, PatientBag, as_patient_bag
 from wsikt.core.model_facts import DEFAULT_SCALES
 from wsikt.mil.base import Aggregator, Batch, GatedAttention, _to, children_index, unpack
 
@@ -132,7 +132,7 @@ class DSCA(Aggregator):
 
 def _positions(bag: PatientBag, coarse: str) -> np.ndarray:
     """Grid positions of ``bag``'s coarse patches (the position encoding's input)."""
-    key = bag.primary if coarse not in bag.coords and coarse == "primary" else coarse
+    key = bag.primary if coarse == PRIMARY else coarse
     if key not in bag.coords:
         raise KeyError(f"this patient bag lacks the {coarse} coords DSCA's position encoding needs; load bags with "
                        "wsikt.cohort.bags.load_patient_bags(..., scales=model.scales), or set experts.model_params.position: false")
