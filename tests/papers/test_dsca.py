@@ -64,21 +64,24 @@ def test_forward_equals_dscas_hiernet(ref):
     assert not emb[:, H:].any()  # the 384-d (here H-d) representation, zero-padded to the 512-d contract
 
 
-def test_fine_row_order_does_not_matter(ref):
-    """DSCA needs 20x rows grouped 16 per 5x patch; wsikt places them by their links, in any row order."""
+def test_row_order_does_not_matter(ref):
+    """DSCA needs 20x rows grouped 16 per 5x patch and 5x rows in CLAM's grid order; wsikt takes both in any order."""
     bag = _patient(ref)
-    order = np.random.default_rng(1).permutation(len(bag.features["20x"]))
+    rng = np.random.default_rng(1)
+    fine, coarse = rng.permutation(len(bag.features["20x"])), rng.permutation(len(bag.features["5x"]))
+    place = np.argsort(coarse)  # new row of each old coarse row
     shuffled = PatientBag(
-        features={"20x": bag.features["20x"][order], "5x": bag.features["5x"]}, primary="20x",
-        parents={PAIR: bag.parents[PAIR][order]}, slots={PAIR: bag.slots[PAIR][order]}, ratios={PAIR: 4},
-        coords={"20x": bag.coords["20x"][order], "5x": bag.coords["5x"]},
-        slide_index={"20x": bag.slide_index["20x"][order], "5x": bag.slide_index["5x"]},
+        features={"20x": bag.features["20x"][fine], "5x": bag.features["5x"][coarse]}, primary="20x",
+        parents={PAIR: place[bag.parents[PAIR][fine]]}, slots={PAIR: bag.slots[PAIR][fine]}, ratios={PAIR: 4},
+        coords={"20x": bag.coords["20x"][fine], "5x": bag.coords["5x"][coarse]},
+        slide_index={"20x": bag.slide_index["20x"][fine], "5x": bag.slide_index["5x"][coarse]},
     )
     model = _ours(ref)
     with torch.no_grad():
-        a = model(model.collate([bag], torch.device("cpu")))["logits"]
-        b = model(model.collate([shuffled], torch.device("cpu")))["logits"]
-    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        a = model(model.collate([bag], torch.device("cpu")))
+        b = model(model.collate([shuffled], torch.device("cpu")))
+    torch.testing.assert_close(a["logits"], b["logits"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(a["attention"][0, coarse], b["attention"][0], atol=1e-6, rtol=0)
 
 
 def test_position_grid_equals_dscas_rearranged_coords(ref):

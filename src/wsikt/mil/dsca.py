@@ -5,7 +5,9 @@ The forward of the paper's ``WSIHierNet`` with its published configuration (conf
 - fine stream: each coarse patch's r×r aligned fine children (r = 4 at 20x/5x) form a grid; a full
   3×3 Conv2d (D→H) + LayerNorm + ReLU embeds them, then cross-attention pooling (CAPool, 4 heads)
   with the coarse patch's Linear(D→H) projection as the query gives one token per coarse patch;
-- coarse stream: a Conv1d (k = 5) over the patient's coarse patch sequence + LayerNorm;
+- coarse stream: a Conv1d (k = 5) over the patient's coarse patch sequence + LayerNorm. The
+  sequence is CLAM's grid order (slide by slide, column by column: sorted by x, then y), whatever
+  the order of the rows in the bag, so the model's output does not depend on row order;
 - both streams get the same 2-D sine-cosine position encoding of the coarse patches' grid positions,
   then each its own Transformer encoder (post-norm, 8 heads, feed-forward H, 1 layer);
 - the streams are summed, gated-attention pooled (GAPool) and a Linear(H→T) gives the hazard logits.
@@ -94,8 +96,10 @@ class DSCA(Aggregator):
         batch = super().collate(bags, device)
         pbs = [as_patient_bag(b) for b in bags]
         batch["children"], _ = children_index(pbs, self.scales[0], self.scales[1], batch["mask1"].shape[1], device)
+        coarse = [_coarse_coords(b, self.scales[1]) for b in pbs]
+        batch["sequence1"] = _to(torch.from_numpy(_sequence(coarse, batch["mask1"].shape[1])), device)
         if self.position:
-            batch["pos1"] = _to(torch.from_numpy(np.concatenate([_positions(b, self.scales[1]) for b in pbs])), device)
+            batch["pos1"] = _to(torch.from_numpy(np.concatenate([grid_positions(*c) for c in coarse]).astype(np.float32)), device)
         return batch
 
     def run(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -116,8 +120,10 @@ class DSCA(Aggregator):
         pooled, _ = self.square_pool(guide, keys, keys, key_padding_mask=ignore, need_weights=False)
         fine = unpack(pooled.squeeze(1) * ~orphan.unsqueeze(1), mask)  # (B, Nc, H)
         # coarse stream: Conv1d over each bag's own sequence (zeros past its end, as the conv's padding)
-        coarse = self.coarse_conv(unpack(coarse_rows, mask).transpose(1, 2)).transpose(1, 2)
-        coarse = self.coarse_norm(coarse)
+        seq = batch["sequence1"].unsqueeze(-1)  # (B, Nc, 1): row at each sequence place; padding stays last
+        coarse = torch.gather(unpack(coarse_rows, mask), 1, seq.expand(-1, -1, coarse_rows.shape[1]))
+        coarse = self.coarse_norm(self.coarse_conv(coarse.transpose(1, 2)).transpose(1, 2))
+        coarse = torch.empty_like(coarse).scatter(1, seq.expand(-1, -1, self.hidden), coarse)  # back to row order
         if self.position:
             pe = unpack(sincos_encoding(batch["pos1"], self.hidden).to(coarse.dtype), mask)
             fine, coarse = fine + pe, coarse + pe
@@ -130,12 +136,18 @@ class DSCA(Aggregator):
         return {"logits": self.classifier(emb), "embedding": emb, "attention": a}
 
 
-def _positions(bag: PatientBag, coarse: str) -> np.ndarray:
-    """Grid positions of ``bag``'s coarse patches (the position encoding's input)."""
+def _coarse_coords(bag: PatientBag, coarse: str) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 coords (N, 2) and slide index (N,) of ``bag``'s coarse patches."""
     key = bag.primary if coarse == PRIMARY else coarse
     if key not in bag.coords:
-        raise KeyError(f"this patient bag lacks the {coarse} coords DSCA's position encoding needs; load bags with "
-                       "wsikt.cohort.bags.load_patient_bags(..., scales=model.scales), or set experts.model_params.position: false")
-    n = len(bag.coords[key])
-    slides = bag.slide_index.get(key, np.zeros(n, np.int64))
-    return grid_positions(bag.coords[key], slides).astype(np.float32)
+        raise KeyError(f"this patient bag lacks the {coarse} coords DSCA needs; load bags with "
+                       "wsikt.cohort.bags.load_patient_bags(..., scales=model.scales)")
+    return bag.coords[key], bag.slide_index.get(key, np.zeros(len(bag.coords[key]), np.int64))
+
+
+def _sequence(coarse: list[tuple[np.ndarray, np.ndarray]], length: int) -> np.ndarray:
+    """(B, length) row of each place of each bag's coarse sequence: CLAM's order (slide, x, y); padding after."""
+    out = np.tile(np.arange(length, dtype=np.int64), (len(coarse), 1))
+    for i, (xy, slide) in enumerate(coarse):
+        out[i, : len(xy)] = np.lexsort((xy[:, 1], xy[:, 0], slide))
+    return out

@@ -103,11 +103,15 @@ def main(root: Path, out: Path) -> None:
     to_paper(ours, theirs)
 
     p = patient(rng)
-    # DSCA's inputs: 20x rows grouped 16 per 5x patch (cell order j·4 + i), 5x rows, discretised 5x coords
-    by_cell = np.lexsort((p["slots"], p["parents"]))
+    # DSCA's inputs: 5x rows in CLAM's grid order (slide, then x, then y; our bag's rows are in any
+    # order), 20x rows grouped 16 per 5x patch in that order (cell order j·4 + i), discretised 5x coords
+    clam = np.lexsort((p["coarse_xy"][:, 1], p["coarse_xy"][:, 0], p["slide"]))
+    place = np.empty_like(clam)
+    place[clam] = np.arange(len(clam))
+    by_cell = np.lexsort((p["slots"], place[p["parents"]]))
     fx20 = torch.from_numpy(p["fine"][by_cell]).unsqueeze(0)
-    fx5 = torch.from_numpy(p["coarse"]).unsqueeze(0)
-    per_slide = [torch.from_numpy(p["coarse_xy"][p["slide"] == s]) for s in (0, 1)]
+    fx5 = torch.from_numpy(p["coarse"][clam]).unsqueeze(0)
+    per_slide = [torch.from_numpy(p["coarse_xy"][clam][p["slide"][clam] == s]) for s in (0, 1)]
     cx5 = torch.cat(utils.rearrange_coord(per_slide, discretization=True)).to(torch.int32).unsqueeze(0)
     rep = {}
     theirs.out_layer.register_forward_hook(lambda mod, inp, out: rep.update(rep=inp[0].detach()))  # returns None: output kept
@@ -128,7 +132,8 @@ def main(root: Path, out: Path) -> None:
     arrays = {f"state/{k}": v.numpy() for k, v in ours.state_dict().items()}
     arrays.update({f"input/{k}": v for k, v in p.items()})
     arrays.update({
-        "paper/hazards": hazards.numpy(), "paper/rep": rep["rep"].numpy(), "paper/positions": cx5[0].numpy(),
+        "paper/hazards": hazards.numpy(), "paper/rep": rep["rep"].numpy(),
+        "paper/positions": cx5[0].numpy()[place],  # back in our bag's row order
         "loss/hazards": h.numpy(), "loss/bins": bins.numpy(), "loss/events": (1 - censored).numpy(),
         "loss/alpha": np.float32(0.1), "loss/value": np.float32(loss_value.item()),
         "patching/offsets_as_written": b2s.get_scaled_matrix(256, 256, 4),  # DSCA's children of a 256-px level-2 patch
