@@ -168,6 +168,9 @@ def test_preset_is_the_papers_setup():
     assert cfg["gdc"]["projects"] == ["TCGA-BRCA", "TCGA-LGG"] and cfg["endpoint"] == "OS"
     assert cfg["preprocess"]["target_mpp"] == 0.5 and cfg["preprocess"]["context_mpp"] == [2.0]
     assert cfg["preprocess"]["patch_size"] == 256 and cfg["features"]["encoder"] == "resnet50"
+    from wsikt.preprocess.settings import PatchSettings
+
+    assert PatchSettings.from_config(cfg["preprocess"]).nest_from == "coarse"  # big-to-small: all 16 children
     exp = cfg["experts"]
     settings = TrainSettings.from_config(exp)
     assert (settings.model, settings.loss, settings.alpha, settings.bins_kind, settings.n_bins) == ("dsca", "nll", 0.1, "quantile", 4)
