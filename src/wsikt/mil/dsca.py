@@ -14,8 +14,9 @@ The forward of the paper's ``WSIHierNet`` with its published configuration (conf
 
 H = 384. The embedding handed to transfer is the pooled H-d representation zero-padded to 512;
 the classifier reads it (its last 512 − H columns only ever see zeros), so logits are unchanged.
-Missing children (tissue-filtered 20x cells; DSCA always has all 16) are zeros in the conv grid and
-are masked out of the cross-attention keys.
+Missing children (20x cells dropped by the tissue test under preprocess.nest_from 'fine'; DSCA's
+big-to-small patching, nest_from 'coarse', always has all 16) are zeros in the conv grid and are
+masked out of the cross-attention keys.
 """
 
 from __future__ import annotations
