@@ -138,6 +138,19 @@ def test_parent_links_point_at_the_containing_patch_across_slides(h5_cohort, pai
     assert two_slides.link(fine, coarse)[0].max() >= n_first  # second slide's links are offset
 
 
+def test_bags_carry_each_rows_coords_and_slide(h5_cohort):
+    """Position-aware models (DSCA) read each row's level-0 coords and which of the patient's slides it is from."""
+    ids, slides, paths = h5_cohort
+    bags = load_patient_bags(ids, slides, paths, scales=("20x", "5x"))
+    for bag in bags:
+        for name in ("20x", "5x"):
+            f = bag.scale(name)
+            np.testing.assert_array_equal(bag.coords[name] / FINE_PX, f[:, :2])  # columns 0-1 hold the coords
+            tags = np.unique(f[:, 2])  # slide tags in load (sorted slide id) order
+            np.testing.assert_array_equal(bag.slide_index[name], np.searchsorted(tags, f[:, 2]))
+    assert set(bags[0].slide_index["5x"]) == {0, 1}
+
+
 def test_missing_magnification_names_the_file_and_the_config_key(tmp_path):
     path = tmp_path / "only20.h5"
     write_features_h5(path, _cells(np.random.default_rng(1), 5), 0.0, 0, levels=("20x",))

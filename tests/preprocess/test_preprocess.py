@@ -545,6 +545,22 @@ def test_blank_slide_gives_empty_patch_h5_with_no_tissue_status(tmp_path):
     assert cv2.imread(str(run["qc"])) is not None
 
 
+def test_nest_from_coarse_keeps_every_child_of_each_tissue_5x_patch(fixture_slides, cmu_nested, tmp_path):
+    """nest_from coarse (DSCA's big-to-small patching): 5x cells tested for tissue, each with all 16 20x children."""
+    run = _run_preprocess(fixture_slides / CMU, tmp_path, "CMU-1", patch_size=128, context_mpp=(2.0,), nest_from="coarse")
+    with h5py.File(run["h5"], "r") as f:
+        fine, coarse, parent = f["mags/20x/coords"][:], f["mags/5x/coords"][:], f["mags/20x/parent_5x"][:]
+        fine_fp = int(f["mags/20x/coords"].attrs["patch_size_level0"])
+    with h5py.File(cmu_nested["h5"], "r") as f:
+        fine_first = f["mags/20x/coords"][:]
+    assert len(coarse) > 0 and np.all(np.bincount(parent, minlength=len(coarse)) == 16)
+    offset = fine - coarse[parent]
+    assert np.all((offset % fine_fp == 0) & (offset >= 0) & (offset < 4 * fine_fp))  # level-0 steps of one child
+    assert len(np.unique(np.concatenate([parent[:, None], offset], 1), axis=0)) == len(fine)  # 16 distinct cells
+    kept_here, kept_fine_first = {tuple(c) for c in fine}, {tuple(c) for c in fine_first}
+    assert kept_here - kept_fine_first  # children the 20x tissue test drops (background) are kept
+
+
 # --------------------------------------------------------------------------- settings validation
 
 
@@ -554,6 +570,8 @@ def test_blank_slide_gives_empty_patch_h5_with_no_tissue_status(tmp_path):
         (dict(contour_fn="corners"), "preprocess.contour_fn"),
         (dict(grid="diagonal"), "preprocess.grid"),
         (dict(grid="clam", context_mpp=(2.0,)), "preprocess.grid"),
+        (dict(nest_from="middle", context_mpp=(2.0,)), "preprocess.nest_from"),
+        (dict(nest_from="coarse"), "preprocess.nest_from"),
     ],
 )
 def test_bad_patch_settings_name_the_key(settings, key):

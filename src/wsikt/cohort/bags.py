@@ -27,7 +27,9 @@ class PatientBag:
 
     ``parents[(fine, coarse)]`` (N_fine,) int64: row in ``features[coarse]`` of the patch containing
     each fine patch (−1 if none). ``slots[(fine, coarse)]`` (N_fine,) int64: the fine patch's cell,
-    row-major, in its parent's ``ratios[(fine, coarse)]``² grid.
+    row-major, in its parent's ``ratios[(fine, coarse)]``² grid. ``coords[name]`` (N, 2) int64:
+    level-0 top-left of each patch in its own slide; ``slide_index[name]`` (N,) int64: which of the
+    patient's slides (0, 1, … in load order) each row comes from.
     """
 
     features: dict[str, np.ndarray]
@@ -35,6 +37,8 @@ class PatientBag:
     parents: dict[Pair, np.ndarray] = field(default_factory=dict)
     slots: dict[Pair, np.ndarray] = field(default_factory=dict)
     ratios: dict[Pair, int] = field(default_factory=dict)
+    coords: dict[str, np.ndarray] = field(default_factory=dict)
+    slide_index: dict[str, np.ndarray] = field(default_factory=dict)
 
     def scale(self, name: str) -> np.ndarray:
         """Features (N, D) at magnification ``name`` (PRIMARY = the primary one)."""
@@ -126,10 +130,14 @@ def _concat(parts: list[PatientBag]) -> PatientBag:
         if len(rs) > 1:
             raise ValueError(f"slides of one patient disagree on the {pair[0]}/{pair[1]} patch ratio: {sorted(rs)}; re-run preprocessing with one config")
         ratios[pair] = rs.pop()
-    return PatientBag(features=features, primary=first.primary, parents=parents, slots=slots, ratios=ratios)
+    coords = {k: np.concatenate([p.coords[k] for p in parts]).astype(np.int64) for k in first.coords}
+    slide_index = {k: np.concatenate([np.full(len(p.features[k]), i, np.int64) for i, p in enumerate(parts)]) for k in first.features}
+    return PatientBag(features=features, primary=first.primary, parents=parents, slots=slots, ratios=ratios,
+                      coords=coords, slide_index=slide_index)
 
 
 def _read_slide(path: str | Path, scales: list[str]) -> PatientBag:
     """One slide's features at ``scales`` with parent links (the features h5's reader)."""
     lv = read_levels(path, scales)
-    return PatientBag(features=lv.features, primary=lv.primary, parents=lv.parents, slots=lv.slots, ratios=lv.ratios)
+    return PatientBag(features=lv.features, primary=lv.primary, parents=lv.parents, slots=lv.slots, ratios=lv.ratios,
+                      coords=lv.coords)

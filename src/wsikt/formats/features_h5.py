@@ -161,11 +161,13 @@ class SlideLevels:
     """One slide's features at several magnifications, with each (fine, coarse) pair's links.
 
     ``parents[pair]``: row of the coarse patch holding each fine patch (−1 if none); ``slots[pair]``:
-    the fine patch's cell, row-major, in its parent's ``ratios[pair]``² grid.
+    the fine patch's cell, row-major, in its parent's ``ratios[pair]``² grid; ``coords[name]``: the
+    level-0 top-left (N, 2) of each patch (position-aware models, e.g. DSCA, read it).
     """
 
     features: dict[str, np.ndarray]
     primary: str
+    coords: dict[str, np.ndarray] = field(default_factory=dict)
     parents: dict[Pair, np.ndarray] = field(default_factory=dict)
     slots: dict[Pair, np.ndarray] = field(default_factory=dict)
     ratios: dict[Pair, int] = field(default_factory=dict)
@@ -186,7 +188,8 @@ def read_levels(path: str | Path, scales: Sequence[str]) -> SlideLevels:
             )
         features = {s: _level(f, s, primary, "features").astype(np.float32) for s in names}
         ordered = sorted(set(names), key=magnification, reverse=True)
-        out = SlideLevels(features=features, primary=primary if primary in features else ordered[0])
+        coords = {s: _coords(f, s, primary)[:].astype(np.int64) for s in names}
+        out = SlideLevels(features=features, primary=primary if primary in features else ordered[0], coords=coords)
         for i, fine in enumerate(ordered):
             for coarse in ordered[i + 1:]:
                 parents = _parents(f, fine, coarse, have)

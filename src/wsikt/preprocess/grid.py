@@ -164,6 +164,17 @@ def clam_grid(tissue: TissueMask, footprint: int, contour_fn: str = "four_pt", s
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
 
 
+def children_grid(coarse: np.ndarray, footprint: int, ratio: int) -> np.ndarray:
+    """All ``ratio``² cells of ``footprint`` px inside each coarse cell (``ratio`` × ``footprint`` px), (N·r², 2).
+
+    DSCA's big-to-small patching: a coarse patch kept on tissue brings every finer patch inside it,
+    background included; offsets are in level-0 pixels (multiples of the fine footprint).
+    """
+    j, i = np.divmod(np.arange(ratio * ratio), ratio)  # cell k = row j, column i
+    offsets = np.stack([i, j], 1).astype(np.int64) * footprint
+    return (np.asarray(coarse, np.int64).reshape(-1, 1, 2) + offsets[None]).reshape(-1, 2)
+
+
 @dataclass
 class Level:
     """One magnification of an aligned multi-level patch set."""

@@ -21,6 +21,7 @@ from wsikt.formats.patches_h5 import PatchLevel, write_patch_file
 from wsikt.formats.patches_h5 import read_status as read_patch_status
 from wsikt.preprocess.grid import (
     Level,
+    children_grid,
     clam_grid,
     edge_overhang,
     global_grid,
@@ -106,6 +107,10 @@ def _preprocess_open(slide: openslide.OpenSlide, slide_path, slide_id: str, outs
     tissue = segment_image(image, mpp0, seg)
     if settings.grid == "clam":
         fine = clam_grid(tissue, plan.footprint, settings.contour_fn)
+    elif settings.nest_from == "coarse":  # the coarsest level on tissue, then all its finer cells (DSCA)
+        ratio = int(round(max(settings.context_mpp) / settings.target_mpp))
+        coarse = global_grid(tissue, slide.dimensions, plan.footprint * ratio, settings.contour_fn, settings.min_tissue_fraction)
+        fine = children_grid(coarse, plan.footprint, ratio)
     else:
         fine = global_grid(tissue, slide.dimensions, plan.footprint, settings.contour_fn, settings.min_tissue_fraction)
     levels = nest_levels(fine, settings.target_mpp, plan.footprint, list(settings.context_mpp))

@@ -25,6 +25,7 @@ class PatchSettings:
     contour_fn: str = "four_pt"
     min_tissue_fraction: float = 0.0
     grid: str = "global"  # 'global' (anchored at (0, 0), nests) or 'clam' (per-contour bounding box)
+    nest_from: str = "fine"  # with context_mpp: 'fine' tests target_mpp cells for tissue, 'coarse' the coarsest (DSCA)
     segmentation: dict = field(default_factory=dict)
     qc_max_side: int = 1024
 
@@ -47,6 +48,11 @@ class PatchSettings:
         if self.contour_fn == "none" and not self.min_tissue_fraction > 0:
             raise ValueError("preprocess.contour_fn 'none' keeps cells by tissue fraction alone: "
                              "set preprocess.min_tissue_fraction > 0")
+        if self.nest_from not in ("fine", "coarse"):
+            raise ValueError(f"preprocess.nest_from '{self.nest_from}' must be 'fine' or 'coarse'")
+        if self.nest_from == "coarse" and not self.context_mpp:
+            raise ValueError("preprocess.nest_from 'coarse' tests the coarsest context level for tissue: set "
+                             "preprocess.context_mpp (e.g. [2.0]) or nest_from: fine")
         if self.grid == "clam" and self.context_mpp:
             raise ValueError("preprocess.grid 'clam' starts a grid per contour, so levels cannot nest: "
                              "use grid 'global' with preprocess.context_mpp, or context_mpp: []")
