@@ -102,8 +102,8 @@ def _run_fit(n: int, settings: TrainSettings, monkeypatch) -> tuple[list[int], l
     sizes, lrs = [], []
     real = fit_module.optimizer_for
 
-    def recording(model, lr, weight_decay):
-        opt = real(model, lr, weight_decay)
+    def recording(model, lr, weight_decay, kind="adamw"):
+        opt = real(model, lr, weight_decay, kind)
         opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
         return opt
 

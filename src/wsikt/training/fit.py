@@ -2,8 +2,10 @@
 
 One optimiser step per ``patients_per_step`` patients of a shuffled epoch: floor(N/patients_per_step)
 steps with the last partial step dropped (CROPKT, ``drop_last``) or ceil(N/…) steps keeping it;
-AdamW with weight decay on ≥2-D weights only; linear warmup then cosine decay (Hugging Face's
-``get_cosine_schedule_with_warmup`` as CROPKT uses it, or wsikt's warmup that starts above 0); the
+AdamW with weight decay on ≥2-D weights only (or Adam with L2 on every weight, as CrossFusion and
+HistoSSLscaling); linear warmup then cosine decay (Hugging Face's ``get_cosine_schedule_with_warmup``
+as CROPKT uses it, or wsikt's warmup that starts above 0), a per-epoch cosine annealing that
+restarts (CrossFusion) or a constant rate (HistoSSLscaling); the
 model after the last epoch is kept (no selection on held-out data). The loss is the discrete-time NLL(α) or the
 Cox partial likelihood, plus the model's auxiliary loss when it has one (ROUPKT's routing losses).
 """
@@ -34,8 +36,11 @@ class Targets:
     times: np.ndarray | None = None
 
 
-def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with weight decay on ≥2-D weights only (biases and norms undecayed)."""
+def optimizer_for(model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW with weight decay on ≥2-D weights only (biases and norms undecayed); or ``adam``: torch's Adam
+    with its L2 ``weight_decay`` on every trainable weight, as CrossFusion's and HistoSSLscaling's code build it."""
+    if kind == "adam":
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return torch.optim.AdamW(
@@ -43,12 +48,20 @@ def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.opt
     )
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "hf_cosine") -> float:
-    """The learning-rate multiplier of optimiser step ``step`` (0-based): linear warmup, then cosine decay to 0.
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "hf_cosine",
+              steps_per_epoch: int = 1, period_epochs: int = 10) -> float:
+    """The learning-rate multiplier of optimiser step ``step`` (0-based).
 
     'hf_cosine' is Hugging Face's get_cosine_schedule_with_warmup (half a cycle): step/warmup during
     warmup, so the first step has lr 0. 'cosine' warms up one step ahead, (step+1)/warmup.
+    'epoch_cosine' is PyTorch's CosineAnnealingLR(T_max=period_epochs, eta_min=0) stepped once per
+    epoch, as CrossFusion steps it: (1 + cos(π·epoch/T_max))/2, which falls to 0 over T_max epochs and
+    rises back over the next T_max. 'constant' is 1.
     """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "epoch_cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step // max(1, steps_per_epoch)) / period_epochs))
     if step < warmup_steps:
         return (step + (schedule == "cosine")) / max(1, warmup_steps)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -56,9 +69,11 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "h
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                       schedule: str = "hf_cosine") -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``warmup_steps`` then cosine decay to 0 at ``total_steps`` (see :func:`lr_factor`)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, schedule))
+                       schedule: str = "hf_cosine", steps_per_epoch: int = 1,
+                       period_epochs: int = 10) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate of every optimiser step, as :func:`lr_factor` gives it."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, schedule, steps_per_epoch, period_epochs))
 
 
 def step_slices(n: int, patients_per_step: int, drop_last: bool) -> list[slice]:
@@ -87,9 +102,10 @@ def fit(module: nn.Module, forward: StepForward, targets: Targets, settings: Tra
     """Train ``module`` on ``len(targets.bins)`` patients; returns the mean loss per epoch."""
     n = len(targets.bins)
     rng = np.random.default_rng(settings.seed)
-    opt = optimizer_for(module, settings.lr, settings.weight_decay)
+    opt = optimizer_for(module, settings.lr, settings.weight_decay, settings.optimizer)
     steps = step_slices(n, settings.patients_per_step, settings.drop_last)
-    sched = cosine_with_warmup(opt, settings.warmup_epochs * len(steps), settings.epochs * len(steps), settings.lr_schedule)
+    sched = cosine_with_warmup(opt, settings.warmup_epochs * len(steps), settings.epochs * len(steps), settings.lr_schedule,
+                               len(steps), settings.lr_period_epochs)
     y, e = torch.as_tensor(targets.bins, device=device), torch.as_tensor(targets.events, device=device)
     t = None if targets.times is None else torch.as_tensor(np.asarray(targets.times, np.float64), device=device)
     history = []

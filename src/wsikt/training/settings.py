@@ -7,7 +7,8 @@ from typing import Any, Mapping
 
 from wsikt.core.model_facts import check_loss_config
 
-LR_SCHEDULES = ("hf_cosine", "cosine")
+LR_SCHEDULES = ("hf_cosine", "cosine", "epoch_cosine", "constant")
+OPTIMIZERS = ("adamw", "adam")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class TrainSettings:
     drop_last: bool = True  # CROPKT: floor(N / patients_per_step) steps per epoch; False keeps the last partial step
     warmup_epochs: int = 1
     lr_schedule: str = "hf_cosine"  # HF get_cosine_schedule_with_warmup (lr 0 at the first step); 'cosine': warmup from lr/warmup
+    lr_period_epochs: int = 10  # epoch_cosine: PyTorch CosineAnnealingLR's T_max in epochs (CrossFusion: 10)
+    optimizer: str = "adamw"  # adamw: decoupled decay on >=2-D weights (CROPKT); adam: L2 on every weight (CrossFusion, HistoSSLscaling)
     alpha: float = 0.5
     dropout: float = 0.25  # in the attention (and the other aggregators' layers)
     projection_dropout: float = 0.0  # after the Linear+ReLU feature projection of abmil/mean/max and the ROUPKT router (CROPKT: none)
@@ -38,6 +41,10 @@ class TrainSettings:
             raise ValueError(f"experts.feature_norm '{self.feature_norm}' must be 'none' or 'standardize'")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"experts.lr_schedule '{self.lr_schedule}' must be one of {', '.join(LR_SCHEDULES)}")
+        if self.lr_schedule in ("epoch_cosine", "constant") and self.warmup_epochs:
+            raise ValueError(f"experts.lr_schedule '{self.lr_schedule}' has no warmup: set experts.warmup_epochs: 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"experts.optimizer '{self.optimizer}' must be one of {', '.join(OPTIMIZERS)}")
         check_loss_config(self.loss, self.patients_per_step)
 
     @classmethod
