@@ -23,6 +23,7 @@ from wsikt.transfer.baselines import (
     choose_source,
     merge_experts,
     run_baseline_fold,
+    lr_key,
     source_pool,
 )
 from wsikt.transfer.embedding_cache import read_embeddings
@@ -48,17 +49,18 @@ def test_inner_split_covers_training_patients_only_and_ignores_test_labels(cohor
 
 def test_source_choice_never_reads_the_test_fold(cohort):
     split, fold = cohort.splits["SHB"], 1
-    settings = BaselineSettings(method="head", inner_folds=3)
+    settings = BaselineSettings(method="head", inner_folds=3, lr_grid=())
     sources = source_pool(cohort.caches["SHB"], split, "SHB", fold, "all", 0.6)
     assert sources == ["NOI", "REV", "SHA"]
     emb = read_embeddings(cohort.caches["SHB"], [(s, fold) for s in sources], list(split["patient_id"]))
-    chosen, scores = choose_source("head", sources, split, fold, cohort.settings, settings, CPU, emb=emb)
+    chosen, lr, scores = choose_source("head", sources, split, fold, cohort.settings, settings, CPU, emb=emb)
     poisoned = poison_test_labels(split, fold)
-    chosen_p, scores_p = choose_source("head", sources, poisoned, fold, cohort.settings, settings, CPU, emb=emb)
-    assert chosen == chosen_p and scores == scores_p
-    assert set(scores) == set(sources) and scores[chosen] == max(scores.values())
+    assert choose_source("head", sources, poisoned, fold, cohort.settings, settings, CPU, emb=emb) == (chosen, lr, scores)
+    assert lr == cohort.settings.lr  # an empty grid: experts.lr
+    best = {s: v[lr_key(lr)] for s, v in scores.items()}
+    assert set(scores) == set(sources) and best[chosen] == max(best.values())
     # a retrained head can read the planted signal from any expert that encodes it (REV's, flipped, too)
-    assert scores[chosen] > 0.6, scores
+    assert best[chosen] > 0.6, scores
     # positive pool (training-only zero-shot C) is also blind to the test fold
     assert source_pool(cohort.caches["SHB"], split, "SHB", fold, "positive", 0.6) == \
         source_pool(cohort.caches["SHB"], poisoned, "SHB", fold, "positive", 0.6) == ["SHA"]
@@ -66,7 +68,7 @@ def test_source_choice_never_reads_the_test_fold(cohort):
 
 @pytest.mark.parametrize("method", ["head", "mlp", "all"])
 def test_fine_tuning_writes_expert_style_outputs(cohort, tmp_path, method):
-    settings = BaselineSettings(method=method, inner_folds=2, candidates="positive", threshold=0.6)
+    settings = BaselineSettings(method=method, inner_folds=2, candidates="positive", threshold=0.6, lr_grid=())
     metrics, d = _run(cohort, tmp_path, "SHA", 0, settings)
     preds = pd.read_csv(d / "predictions.tsv", sep="\t")
     ref = pd.read_csv(cohort.experts[("SHA", 0)].parent / "predictions.tsv", sep="\t")
@@ -85,7 +87,7 @@ def test_fine_tuning_writes_expert_style_outputs(cohort, tmp_path, method):
 
 
 def test_head_on_cached_embeddings_equals_head_on_the_frozen_trunk(cohort, tmp_path):
-    settings = BaselineSettings(method="head", inner_folds=2, candidates="positive")
+    settings = BaselineSettings(method="head", inner_folds=2, candidates="positive", lr_grid=())
     _, d = _run(cohort, tmp_path, "SHA", 2, settings)
     head = torch.nn.Linear(512, 4)
     head.load_state_dict(torch.load(d / "model.pt", weights_only=True)["state_dict"])
