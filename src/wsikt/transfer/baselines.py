@@ -88,7 +88,10 @@ class BaselineSettings:
         if "lr_grid" in values:
             values["lr_grid"] = tuple(float(v) for v in values["lr_grid"])
         if "null_gate" in values:
-            values["null_gate"] = NullGate(**values["null_gate"])
+            try:
+                values["null_gate"] = NullGate(**values["null_gate"])
+            except ValueError as exc:
+                raise ValueError(str(exc).replace("experts.null_gate", "baselines.null_gate")) from None
         return cls(method=method, **values)
 
     def __post_init__(self) -> None:
