@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,17 +17,22 @@ from support.transfer_cohort import (  # the session fixture `cohort` comes from
 
 from wsikt.cohort.splits import inner_folds
 from wsikt.mil import pad_bags
+from wsikt.survival.bins import assign_bins
 from wsikt.training.experts import load_expert, run_expert_fold
-from wsikt.training.settings import TrainSettings
+from wsikt.training.gate import life_table_logits
+from wsikt.training.settings import NullGate, TrainSettings
 from wsikt.transfer.baselines import (
     BaselineSettings,
     choose_source,
+    fine_tune,
+    lr_key,
     merge_experts,
     run_baseline_fold,
-    lr_key,
+    source_head,
     source_pool,
 )
 from wsikt.transfer.embedding_cache import read_embeddings
+from wsikt.transfer.matrix import selection_matrix
 
 
 def _run(cohort, tmp_path, target, fold, settings, split=None):
@@ -118,3 +124,70 @@ def test_merge_refuses_experts_of_different_architectures(cohort, tmp_path):
                     other, tmp_path / "p.tsv", tmp_path / "m.json", CPU)
     with pytest.raises(ValueError, match="one architecture"):
         merge_experts([cohort.experts[("SHB", 0)], other], CPU)
+
+
+def test_lr_is_chosen_on_the_training_fold_and_recorded(cohort, tmp_path):
+    settings = BaselineSettings(method="head", inner_folds=2, candidates="positive", lr_grid=(2e-3, 1e-4))
+    metrics, d = _run(cohort, tmp_path, "SHA", 1, settings)
+    saved = json.loads((d / "metrics.json").read_text())
+    assert saved["lr"] in (2e-3, 1e-4) and saved["lr_grid"] == [2e-3, 1e-4]
+    per_lr = saved["inner_c_index_per_lr"][saved["source"]]
+    assert set(per_lr) == {"0.002", "0.0001"} and per_lr[lr_key(saved["lr"])] == max(per_lr.values())
+    poisoned, _ = _run(cohort, tmp_path / "p", "SHA", 1, settings, split=poison_test_labels(cohort.splits["SHA"], 1))
+    assert poisoned["lr"] == metrics["lr"] and poisoned["inner_c_index_per_lr"] == metrics["inner_c_index_per_lr"]
+
+
+@pytest.mark.parametrize("head_init", ["new", "source"])
+def test_head_init_new_is_random_and_source_copies_the_source_classifier(cohort, head_init):
+    split, fold = cohort.splits["SHA"], 0
+    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
+    train_idx = np.flatnonzero(split["fold"] != fold)
+    emb = read_embeddings(cohort.caches["SHA"], [("SHB", fold)], list(split["patient_id"]))
+    untrained = dataclasses.replace(cohort.settings, epochs=0)
+    module, edges, _ = fine_tune("head", ("SHB", fold), train_idx, times, events, untrained,
+                                 BaselineSettings(method="head", head_init=head_init), CPU, emb=emb, checkpoints=cohort.experts)
+    src = source_head(cohort.experts[("SHB", fold)], edges)
+    assert src is not None  # the fixture's fixed-width bins match across cancers
+    assert torch.equal(module.weight, src["weight"]) == (head_init == "source")
+
+
+def test_merge_signal_pool_leaves_out_reversed_and_chance_sources_on_training_data_only(cohort):
+    split, fold = cohort.splits["SHA"], 2
+    sel = selection_matrix(cohort.caches["SHA"], split, "SHA", fold).set_index("source")["c_index_mean"]
+    pool = source_pool(cohort.caches["SHA"], split, "SHA", fold, "signal", 0.6)
+    assert pool == sorted(s for s in sel.index if sel[s] > 0.5) and "REV" not in pool and "SHB" in pool
+    assert source_pool(cohort.caches["SHA"], poison_test_labels(split, fold), "SHA", fold, "signal", 0.6) == pool
+
+
+def test_merge_tune_deep_tunes_the_averaged_experts(cohort, tmp_path):
+    settings = BaselineSettings(method="merge_tune", inner_folds=2, merge_set="signal", lr_grid=())
+    metrics, d = _run(cohort, tmp_path, "SHA", 0, settings)
+    pool = metrics["merged_sources"]
+    assert metrics["source_expert"] == f"merge({','.join(pool)})/fold0" and metrics["lr"] == cohort.settings.lr
+    state = torch.load(d / "model.pt", weights_only=True)["state_dict"]
+    trunk = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
+    average = merge_experts([cohort.experts[(s, 0)] for s in pool], CPU).state_dict()
+    assert trunk.keys() == average.keys()
+    assert any(not torch.equal(trunk[k], average[k]) for k in average if average[k].is_floating_point())
+    assert np.isfinite(metrics["c_index_test"])
+
+
+@pytest.mark.parametrize("method", ["head", "merge"])
+def test_null_gate_makes_a_no_signal_baseline_the_training_life_table(cohort, tmp_path, method):
+    split, fold = cohort.splits["NOI"], 1
+    strict = BaselineSettings(method=method, inner_folds=2, lr_grid=(), null_gate=NullGate(inner_folds=2, min_c=0.99))
+    metrics, d = _run(cohort, tmp_path, "NOI", fold, strict)
+    assert metrics["null"] and metrics["null_gate"]["null"] and metrics["null_gate"]["inner_c"] <= 0.99
+    preds = pd.read_csv(d / "predictions.tsv", sep="\t")
+    surv = preds.filter(like="S_").to_numpy()
+    assert np.allclose(surv, surv[0]) and metrics["c_index_test"] == 0.5
+    train = (split["fold"] != fold).to_numpy()  # the curve is the training fold's life table
+    edges = np.asarray(torch.load(d / "model.pt", weights_only=True)["inner_edges"])
+    bins = assign_bins(split["time"].to_numpy(float), edges)
+    km = np.cumprod(1 - torch.sigmoid(life_table_logits(bins[train], split["event"].to_numpy()[train], len(edges) + 1)).numpy())
+    np.testing.assert_allclose(surv[0], km, rtol=1e-5)
+    # the gate reads training patients only; a lenient one keeps the model
+    poisoned, _ = _run(cohort, tmp_path / "p", "NOI", fold, strict, split=poison_test_labels(split, fold))
+    assert poisoned["null_gate"] == metrics["null_gate"]
+    kept, _ = _run(cohort, tmp_path / "k", "NOI", fold, dataclasses.replace(strict, null_gate=NullGate(inner_folds=3, min_c=0.0)))
+    assert kept["null_gate"]["inner_folds"] == 3 and kept["null"] == (not kept["null_gate"]["inner_c"] > 0.0)

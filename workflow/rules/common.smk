@@ -76,6 +76,7 @@ PATH = {
     "embeddings": f"{TRANSFER}/embeddings/{{cancer}}.h5",
     "zero_shot": f"{TRANSFER}/zero_shot/{{cancer}}.tsv",
     "selection": f"{TRANSFER}/selection/{{cancer}}.tsv",
+    "finetuned_matrix": f"{TRANSFER}/finetuned_matrix.tsv",
     "report": "results/report/index.html",
 }
 
