@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from support.transfer_cohort import CPU, FOLDS, poison_test_labels  # the session fixture `cohort` comes from conftest.py
+from support.transfer_cohort import (  # the session fixture `cohort` comes from conftest.py
+    CPU,
+    FOLDS,
+    poison_test_labels,
+)
 
 from wsikt.survival.metrics import harrell_c
 from wsikt.transfer.baselines import BaselineSettings
