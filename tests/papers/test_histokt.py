@@ -107,3 +107,16 @@ def test_combined_weights_are_deep_tuned():
     a, b = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(2)}, {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(7)}
     avg = average_states([a, b])
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and avg["n"] == 2  # uniform mean of weights; counters kept
+
+
+def test_preset_runs_histokts_protocol_and_nothing_else():
+    from wsikt.config.validate import validate_config
+
+    cfg = validate_config(yaml.safe_load((ROOT / "config/papers/histokt.yaml").read_text()),
+                          ROOT / "workflow/schemas/config.schema.yaml")
+    assert cfg["transfer"]["finetuned"] == ["head", "all"]  # the fine-tuned matrix: fine and deep tuning
+    assert cfg["baselines"]["methods"] == ["merge_tune"]  # weight distillation: combine, then deep-tune
+    settings = BaselineSettings.from_config(cfg["baselines"], method="merge_tune")
+    assert settings.lr_grid == HISTOKT_LR_GRID and settings.head_init == "new" and settings.merge_set == "all"
+    assert settings.null_gate.inner_folds == 0 and cfg["experts"]["null_gate"]["inner_folds"] == 0  # wsikt's gates off
+    assert cfg["roupkt"]["targets"] == [] and not cfg["demo"]["enabled"]
