@@ -326,7 +326,7 @@ def test_tcga_cdr_schema_defaults_are_the_pinned_gdc_file():
 
 
 def test_baselines_schema_matches_its_registry_and_names_its_own_gate_key(cfg):
-    from wsikt.transfer.baselines import METHODS, POOLS, BaselineSettings
+    from wsikt.transfer.baseline_settings import METHODS, POOLS, BaselineSettings
 
     base = yaml.safe_load(SCHEMA.read_text())["properties"]["baselines"]["properties"]
     assert base["methods"]["items"]["enum"] == list(METHODS) and base["merge_set"]["enum"] == list(POOLS)

@@ -23,7 +23,8 @@ from wsikt.survival.bins import assign_bins, fit_time_bins
 from wsikt.training.experts import load_expert, predict, save_expert
 from wsikt.training.fit import survival_loss
 from wsikt.training.settings import TrainSettings
-from wsikt.transfer.baselines import HISTOKT_LR_GRID, METHODS, BaselineSettings, average_states, fine_tune
+from wsikt.transfer.baseline_settings import HISTOKT_LR_GRID, METHODS, BaselineSettings
+from wsikt.transfer.baselines import average_states, fine_tune
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = json.loads((ROOT / "tests/reference/papers/histokt/reference.json").read_text())

@@ -21,8 +21,8 @@ from wsikt.survival.bins import assign_bins
 from wsikt.training.experts import load_expert, run_expert_fold
 from wsikt.training.gate import life_table_logits
 from wsikt.training.settings import NullGate, TrainSettings
+from wsikt.transfer.baseline_settings import BaselineSettings
 from wsikt.transfer.baselines import (
-    BaselineSettings,
     choose_source,
     fine_tune,
     lr_key,

@@ -12,7 +12,7 @@ from support.transfer_cohort import (  # the session fixture `cohort` comes from
 )
 
 from wsikt.survival.metrics import harrell_c
-from wsikt.transfer.baselines import BaselineSettings
+from wsikt.transfer.baseline_settings import BaselineSettings
 from wsikt.transfer.finetuned_matrix import finetuned_cells, finetuned_matrix, read_cells, write_cells
 
 

@@ -28,7 +28,7 @@ from wsikt.features.batches import plan_batches
 from wsikt.features.settings import FeatureSettings, feature_params
 from wsikt.preprocess.settings import PatchSettings, patch_params
 from wsikt.training.settings import NullGate, TrainSettings
-from wsikt.transfer.baselines import BaselineSettings
+from wsikt.transfer.baseline_settings import BaselineSettings
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
 

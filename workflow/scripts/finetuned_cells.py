@@ -8,7 +8,7 @@ from wsikt.core.logs import log_to
 from wsikt.formats.tables import read_table
 from wsikt.training.experts import expert_key, load_expert
 from wsikt.training.settings import TrainSettings
-from wsikt.transfer.baselines import BaselineSettings, needs_bags
+from wsikt.transfer.baseline_settings import BaselineSettings, needs_bags
 from wsikt.transfer.finetuned_matrix import finetuned_cells, write_cells
 
 with log_to(snakemake.log[0]):

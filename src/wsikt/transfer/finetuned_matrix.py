@@ -21,7 +21,8 @@ from wsikt.core.io import write_tsv
 from wsikt.survival.bins import risk_from_survival
 from wsikt.survival.metrics import harrell_c
 from wsikt.training.settings import TrainSettings
-from wsikt.transfer.baselines import BaselineSettings, choose_source, fine_tune, needs_bags, predict_baseline
+from wsikt.transfer.baseline_settings import BaselineSettings, needs_bags
+from wsikt.transfer.baselines import choose_source, fine_tune, predict_baseline
 from wsikt.transfer.embedding_cache import ExpertKey, cache_keys, read_embeddings
 from wsikt.transfer.matrix import transfer_matrix
 
