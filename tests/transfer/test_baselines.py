@@ -191,3 +191,13 @@ def test_null_gate_makes_a_no_signal_baseline_the_training_life_table(cohort, tm
     assert poisoned["null_gate"] == metrics["null_gate"]
     kept, _ = _run(cohort, tmp_path / "k", "NOI", fold, dataclasses.replace(strict, null_gate=NullGate(inner_folds=3, min_c=0.0)))
     assert kept["null_gate"]["inner_folds"] == 3 and kept["null"] == (not kept["null_gate"]["inner_c"] > 0.0)
+
+
+@pytest.mark.parametrize("method", ["merge", "merge_tune"])
+def test_an_empty_signal_pool_is_the_null_model(cohort, tmp_path, method):
+    """On REV every other expert is reversed or chance on the training patients: nothing to combine."""
+    assert source_pool(cohort.caches["REV"], cohort.splits["REV"], "REV", 0, "signal", 0.6) == []
+    metrics, d = _run(cohort, tmp_path, "REV", 0, BaselineSettings(method=method, merge_set="signal", lr_grid=()))
+    assert metrics["null"] and metrics["null_reason"] == "empty merge_set pool" and metrics["c_index_test"] == 0.5
+    surv = pd.read_csv(d / "predictions.tsv", sep="\t").filter(like="S_").to_numpy()
+    assert np.allclose(surv, surv[0])

@@ -170,13 +170,6 @@ def fine_tune(
     return module.eval(), edges, history
 
 
-def trainable_parameters(method: str, module: nn.Module) -> list[str]:
-    """Names of the parameters ``method`` trains in ``module`` (as built by :func:`fine_tune`)."""
-    if METHODS[method].tunes_trunk:
-        return [n for n, _ in module.named_parameters()]
-    return [f"head.{n}" for n, _ in module.named_parameters()]  # head/mlp: only the new head exists as a module
-
-
 @torch.inference_mode()
 def predict_baseline(method: str, module: nn.Module, source: Source, idx: np.ndarray, device: torch.device,
                      emb: dict[ExpertKey, np.ndarray] | None = None, bags: list | None = None) -> np.ndarray:
@@ -299,7 +292,7 @@ def _run_merge(split: pd.DataFrame, cache_h5: str | Path, target: str, fold: int
     if null:
         module.make_null(life_table_logits(assign_bins(times, edges)[train_idx], events[train_idx], len(edges) + 1))
     return _Fitted(module, edges, predict(module, bags, device)[0], {"merged": [f"{s}/fold{fold}" for s in pool]},
-                   {"merged_sources": pool, "null": null}, gate)
+                   {"merged_sources": pool, "null": null, **({} if pool else {"null_reason": "empty merge_set pool"})}, gate)
 
 
 def _run_fine_tuned(split: pd.DataFrame, cache_h5: str | Path, target: str, fold: int, train: TrainSettings,
@@ -325,7 +318,8 @@ def _run_fine_tuned(split: pd.DataFrame, cache_h5: str | Path, target: str, fold
     if not named:  # merge_tune with an empty pool: nothing to distil, the null model
         module = nn.Linear(1, len(edges) + 1)
         _null_head(module, null_logits)
-        extra.update(source=None, source_expert=None, lr=None, inner_c_index={}, inner_c_index_per_lr={}, loss_per_epoch=[], null=True)
+        extra.update(source=None, source_expert=None, lr=None, inner_c_index={}, inner_c_index_per_lr={}, loss_per_epoch=[], null=True,
+                     null_reason="empty merge_set pool")
         return _Fitted(module, edges, null_survival(null_logits, len(split)), {"source": "none"}, extra, None)
     chosen, lr, scores = choose_source(method, named, split, fold, train, settings, device, **data)
     source = named[chosen]
