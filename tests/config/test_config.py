@@ -324,3 +324,14 @@ def test_tcga_cdr_schema_defaults_are_the_pinned_gdc_file():
 
     cfg = validate_config({"demo": {"enabled": False}}, SCHEMA)
     assert cfg["gdc"]["tcga_cdr"] == {"file_id": TCGA_CDR.file_id, "md5": TCGA_CDR.md5, "size": TCGA_CDR.size}
+
+
+def test_baselines_schema_matches_its_registry_and_names_its_own_gate_key(cfg):
+    from wsikt.transfer.baseline_settings import METHODS, POOLS, BaselineSettings
+
+    base = yaml.safe_load(SCHEMA.read_text())["properties"]["baselines"]["properties"]
+    assert base["methods"]["items"]["enum"] == list(METHODS) and base["merge_set"]["enum"] == list(POOLS)
+    validate_config(cfg, SCHEMA)
+    cfg["baselines"]["null_gate"]["inner_folds"] = 1  # valid for the schema, not for the gate
+    with pytest.raises(ValueError, match=r"^baselines\.null_gate\.inner_folds [^\n]*$"):
+        BaselineSettings.from_config(cfg["baselines"], method="head")

@@ -345,3 +345,18 @@ def test_report_in_a_real_browser(built, tmp_path):
     root, _, html_path, html, _ = built
     shot = check_in_browser(html_path, tmp_path)
     print(f"screenshot: {shot}")
+
+
+def test_finetuned_matrix_is_shown_beside_the_zero_shot_one_when_present(built, tmp_path):
+    _, args, _, html, _ = built
+    assert "finetuned-head" not in html  # not run: not shown
+    zero = pd.read_csv(args["inputs"].matrix, sep="\t")
+    off = zero[zero["source"] != zero["target"]]
+    ft = pd.concat([off.assign(method="head", c_index_mean=0.61), off.assign(method="all", c_index_mean=0.72)])
+    ft[["method", "source", "target", "c_index_mean", "c_index_sd", "n"]].to_csv(tmp_path / "ft.tsv", sep="\t", index=False)
+    out = tmp_path / "index.html"
+    build_report(replace(args["inputs"], finetuned=tmp_path / "ft.tsv"), ReportOutputs(out), args["settings"])
+    page = out.read_text()
+    for method, value in (("head", 0.61), ("all", 0.72)):
+        cells = re.findall(r'data-c="(\d\.\d+)"', _table(page, f"finetuned-{method}"))
+        assert len(cells) == len(off) and {float(c) for c in cells} == {value}

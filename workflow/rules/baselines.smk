@@ -20,7 +20,7 @@ rule train_baseline:
     benchmark:
         "results/benchmarks/baselines/{encoder}/{model}/{endpoint}/{method}/{cancer}/fold{fold}.tsv"
     wildcard_constraints:
-        method="head|mlp|all|merge",
+        method="head|mlp|all|merge_tune|merge",
     conda:
         "../envs/wsikt.yaml"
     threads: 1
@@ -48,7 +48,7 @@ rule summarise_baseline:
     benchmark:
         "results/benchmarks/baselines/{encoder}/{model}/{endpoint}/{method}/summary.tsv"
     wildcard_constraints:
-        method="head|mlp|all|merge",
+        method="head|mlp|all|merge_tune|merge",
     conda:
         "../envs/wsikt.yaml"
     script:

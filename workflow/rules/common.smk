@@ -28,6 +28,7 @@ from wsikt.features.batches import plan_batches
 from wsikt.features.settings import FeatureSettings, feature_params
 from wsikt.preprocess.settings import PatchSettings, patch_params
 from wsikt.training.settings import NullGate, TrainSettings
+from wsikt.transfer.baseline_settings import BaselineSettings
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
 
@@ -45,6 +46,10 @@ def check_settings():
             TrainSettings.from_config(section),
             NullGate.from_config(section),
         ),
+        "baselines": lambda section: [
+            BaselineSettings.from_config(section, method=m)
+            for m in section["methods"] or ["head"]
+        ],
     }
     for key, build in builders.items():
         try:
@@ -71,6 +76,7 @@ PATH = {
     "embeddings": f"{TRANSFER}/embeddings/{{cancer}}.h5",
     "zero_shot": f"{TRANSFER}/zero_shot/{{cancer}}.tsv",
     "selection": f"{TRANSFER}/selection/{{cancer}}.tsv",
+    "finetuned_matrix": f"{TRANSFER}/finetuned_matrix.tsv",
     "report": "results/report/index.html",
 }
 

@@ -9,6 +9,16 @@ rule report:
     input:
         summary=f"results/experts/{ENCODER}/{MODEL}/{ENDPOINT}/summary.tsv",
         matrix=f"results/transfer/{ENCODER}/{MODEL}/{ENDPOINT}/matrix.tsv",
+        finetuned=(
+            expand(
+                PATH["finetuned_matrix"],
+                encoder=ENCODER,
+                model=MODEL,
+                endpoint=ENDPOINT,
+            )
+            if config["transfer"]["finetuned"]
+            else []
+        ),
         roupkt=(
             f"results/roupkt/{ENCODER}/{MODEL}/{ENDPOINT}/summary.tsv"
             if ROUPKT_TARGETS

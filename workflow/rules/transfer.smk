@@ -55,3 +55,57 @@ rule transfer_matrix:
         thresholds=config["transfer"]["thresholds"],
     script:
         "../scripts/transfer_matrix.py"
+
+
+# HistoKT's fine-tuned matrix (opt-in, transfer.finetuned): every other source's fold-k expert
+# fine-tuned (head, all) on each target's training fold k, scored on its test fold.
+rule finetuned_cells:
+    input:
+        embeddings=PATH["embeddings"],
+        split=PATH["split"],
+        experts=expand(
+            "results/experts/{{encoder}}/{{model}}/{{endpoint}}/{source}/fold{{fold}}/model.pt",
+            source=CANCERS,
+        ),
+        bags=PATH["bags"],
+    output:
+        f"{TRANSFER}/finetuned/{{method}}/{{cancer}}/fold{{fold}}.tsv",
+    log:
+        "logs/transfer/{encoder}/{model}/{endpoint}/finetuned/{method}/{cancer}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/transfer/{encoder}/{model}/{endpoint}/finetuned/{method}/{cancer}/fold{fold}.tsv"
+    wildcard_constraints:
+        method="head|all",
+    conda:
+        "../envs/wsikt.yaml"
+    threads: 1
+    resources:
+        gpu=config["experts"]["gpus"],
+    params:
+        experts=config["experts"],
+        baselines=config["baselines"],
+        device=config["experts"]["device"],
+    script:
+        "../scripts/finetuned_cells.py"
+
+
+rule finetuned_matrix:
+    input:
+        cells=expand(
+            f"{TRANSFER}/finetuned/{{method}}/{{cancer}}/fold{{fold}}.tsv",
+            method=config["transfer"]["finetuned"],
+            cancer=CANCERS,
+            fold=FOLDS,
+            allow_missing=True,
+        ),
+    output:
+        cells=f"{TRANSFER}/finetuned_folds.tsv",
+        matrix=PATH["finetuned_matrix"],
+    log:
+        "logs/transfer/{encoder}/{model}/{endpoint}/finetuned_matrix.log",
+    benchmark:
+        "results/benchmarks/transfer/{encoder}/{model}/{endpoint}/finetuned_matrix.tsv"
+    conda:
+        "../envs/wsikt.yaml"
+    script:
+        "../scripts/finetuned_matrix.py"

@@ -8,7 +8,8 @@ from wsikt.core.logs import log_to
 from wsikt.formats.tables import read_table
 from wsikt.training.experts import expert_key, load_expert
 from wsikt.training.settings import TrainSettings
-from wsikt.transfer.baselines import BaselineSettings, needs_bags, run_baseline_fold
+from wsikt.transfer.baseline_settings import BaselineSettings, needs_bags
+from wsikt.transfer.baselines import run_baseline_fold
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)

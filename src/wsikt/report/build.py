@@ -31,6 +31,7 @@ from wsikt.report.figures import km_panels, transfer_heatmap
 from wsikt.report.metrics import expert_metrics, load_fold_predictions
 from wsikt.report.render import render_page
 from wsikt.survival.metrics import BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES
+from wsikt.transfer.finetuned_matrix import read_finetuned_matrix
 from wsikt.transfer.matrix import POSITIVE_THRESHOLDS
 
 
@@ -52,6 +53,7 @@ class ReportInputs:
     roupkt: Path | None = None
     baselines: dict[str, Path] = field(default_factory=dict)
     benchmarks: Path | None = None
+    finetuned: Path | None = None  # HistoKT's fine-tuned matrix (transfer.finetuned), when it was run
 
     @classmethod
     def from_rule(cls, named: Any, baseline_methods: list[str], benchmarks: str | Path | None) -> ReportInputs:
@@ -62,7 +64,15 @@ class ReportInputs:
             predictions=[Path(p) for p in named.predictions], roupkt=Path(named.roupkt) if named.roupkt else None,
             baselines={m: Path(p) for m, p in zip(baseline_methods, named.baselines)},
             benchmarks=Path(benchmarks) if benchmarks else None,
+            finetuned=_one_path(getattr(named, "finetuned", None)),
         )
+
+
+def _one_path(value: Any) -> Path | None:
+    """An optional input given as a path, a one-path list, or nothing."""
+    if isinstance(value, (list, tuple)) or (value is not None and not isinstance(value, (str, Path))):
+        value = list(value)[0] if len(value) else None
+    return Path(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,7 @@ class ReportData:
     roupkt: pd.DataFrame
     runtime: pd.DataFrame
     n_folds: int
+    finetuned: pd.DataFrame | None = None
 
 
 def _expert_table(summary: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
@@ -131,6 +142,7 @@ def report_data(inputs: ReportInputs, settings: ReportSettings) -> ReportData:
         cohort=cohort_table(read_tsvs(inputs.splits), samples, exclusions), exclusions=exclusions,
         qc_groups=qc_groups, n_qc=n_qc, roupkt=roupkt_table(summary, inputs.roupkt, inputs.baselines),
         runtime=runtime, n_folds=int(summary["folds"].max()) if len(summary) else 0,
+        finetuned=read_finetuned_matrix(inputs.finetuned) if inputs.finetuned else None,
     )
 
 
@@ -159,13 +171,28 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
         matrix={s: {t: (pivot.at[s, t], sd.at[s, t]) for t in pivot.columns} for s in pivot.index},
         heatmap=b64(figures["heatmap"]), positives=data.positives.to_dict("records"), thresholds=POSITIVE_THRESHOLDS,
         roupkt=data.roupkt.to_dict("records"), roupkt_topk=settings.roupkt_topk, baseline_methods=sorted(inputs.baselines),
-        baselines=bool(inputs.baselines),
+        baselines=bool(inputs.baselines), finetuned=finetuned_context(data.finetuned, data.matrix),
         qc_groups=data.qc_groups, n_qc_shown=sum(len(g["shown"]) for g in data.qc_groups), n_qc=data.n_qc, max_qc=settings.max_qc,
         runtime=runtime.to_dict("records"), runtime_total=float(runtime["total_s"].sum()) if len(runtime) else 0.0,
         missing_stages=[s for s in STAGE_ORDER if s != "report" and s not in set(runtime["stage"])],
         versions=software_versions(), device=device_facts(),
         config_yaml=yaml.safe_dump(settings.config, sort_keys=False, allow_unicode=True),
     )
+
+
+def finetuned_context(finetuned: pd.DataFrame | None, zero_shot: pd.DataFrame) -> list[dict]:
+    """Per fine-tuning method: the (source × target) cells as (mean, sd, zero-shot mean); [] when not run."""
+    if finetuned is None or not len(finetuned):
+        return []
+    zs = zero_shot.set_index(["source", "target"])["c_index_mean"]
+    out = []
+    for method, g in finetuned.groupby("method", sort=True):
+        sources, targets = sorted(g["source"].unique()), sorted(g["target"].unique())
+        cells = {(r.source, r.target): (r.c_index_mean, r.c_index_sd, zs.get((r.source, r.target), float("nan")))
+                 for r in g.itertuples()}
+        out.append({"method": method, "sources": sources, "targets": targets,
+                    "cells": {s: {t: cells.get((s, t)) for t in targets} for s in sources}})
+    return out
 
 
 def build_report(inputs: ReportInputs, outputs: ReportOutputs, settings: ReportSettings) -> dict:
@@ -183,4 +210,5 @@ def build_report(inputs: ReportInputs, outputs: ReportOutputs, settings: ReportS
     if outputs.metrics:
         write_tsv(data.experts, outputs.metrics)
     return {"experts": data.experts, "groups": data.groups, "positives": data.positives, "cohort": data.cohort,
-            "runtime": data.runtime, "matrix": data.matrix, "qc_groups": data.qc_groups, "roupkt": data.roupkt}
+            "runtime": data.runtime, "matrix": data.matrix, "qc_groups": data.qc_groups, "roupkt": data.roupkt,
+            "finetuned": data.finetuned}

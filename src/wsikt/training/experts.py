@@ -24,7 +24,8 @@ from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival
 from wsikt.survival.metrics import evaluate_fold
 from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
 from wsikt.training.fit import Targets, fit
-from wsikt.training.folds import inner_cv_c, write_fold_outputs
+from wsikt.training.folds import FitPredict, inner_cv_c, write_fold_outputs
+from wsikt.training.gate import life_table_logits, null_gate
 from wsikt.training.settings import NullGate, TrainSettings
 
 log = logging.getLogger("wsikt.training.experts")
@@ -129,6 +130,12 @@ def expert_risk(model: Expert, bags: Sequence[Bag], device: torch.device) -> np.
 
 def gate_c(split: pd.DataFrame, bags: Sequence[Bag], fold: int, settings: TrainSettings, n_inner: int, device: torch.device) -> float:
     """The null gate's score: pooled inner-CV C of experts trained exactly like the outer one, each with its own bins."""
+    return inner_cv_c(split, fold, n_inner, settings.seed, expert_fit_predict(split, bags, fold, settings, device),
+                      key="experts.null_gate.inner_folds")
+
+
+def expert_fit_predict(split: pd.DataFrame, bags: Sequence[Bag], fold: int, settings: TrainSettings, device: torch.device) -> FitPredict:
+    """Train an expert like the outer one (its own bins) on inner-training rows; risks of the validation rows."""
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
 
     def fit_predict(tr: np.ndarray, va: np.ndarray) -> np.ndarray:
@@ -141,20 +148,7 @@ def gate_c(split: pd.DataFrame, bags: Sequence[Bag], fold: int, settings: TrainS
                                 settings, device, times=times[tr])
         return expert_risk(model, [bags[i] for i in va], device)
 
-    return inner_cv_c(split, fold, n_inner, settings.seed, fit_predict, key="experts.null_gate.inner_folds")
-
-
-def life_table_logits(bins: np.ndarray, events: np.ndarray, n_bins: int, eps: float = 1e-7) -> torch.Tensor:
-    """Logits of the discrete-time hazards h_t = d_t / n_t (events in bin t over patients with bin ≥ t).
-
-    The Kaplan-Meier estimate on the binned times, censored patients surviving their own bin as
-    in the NLL loss; clipped to [eps, 1 − eps] so bins nobody reaches stay finite.
-    """
-    bins, events = np.asarray(bins), np.asarray(events).astype(bool)
-    at_risk = np.array([(bins >= t).sum() for t in range(n_bins)], float)
-    died = np.bincount(bins[events], minlength=n_bins)[:n_bins].astype(float)
-    h = np.clip(np.divide(died, at_risk, out=np.zeros(n_bins), where=at_risk > 0), eps, 1 - eps)
-    return torch.from_numpy(np.log(h) - np.log1p(-h)).float()
+    return fit_predict
 
 
 def save_expert(path: str | Path, model: Expert, in_dim: int, n_bins: int, inner_edges: np.ndarray, settings: TrainSettings,
@@ -208,11 +202,11 @@ def run_expert_fold(
     )
     gate_result = None
     if gate.inner_folds:
-        inner_c = gate_c(split, bags, fold, settings, gate.inner_folds, device)
-        is_null = not inner_c > gate.min_c  # NaN (no comparable pair) is no evidence either
+        gate_result = null_gate(split, fold, gate, settings.seed, expert_fit_predict(split, bags, fold, settings, device),
+                                key="experts.null_gate.inner_folds")
+        inner_c, is_null = gate_result["inner_c"], gate_result["null"]
         if is_null:
             model.make_null(torch.zeros(1) if settings.loss == "cox" else life_table_logits(bins[train_idx], events[train_idx], n_bins))
-        gate_result = {"inner_folds": gate.inner_folds, "min_c": gate.min_c, "inner_c": inner_c, "null": is_null}
         log.info("%s fold %d: inner-CV C %.3f %s %.2f: %s", split["cancer"].iloc[0], fold, inner_c,
                  "≤" if is_null else ">", gate.min_c, "null model (one risk for all)" if is_null else "trained expert kept")
     if settings.loss == "cox":

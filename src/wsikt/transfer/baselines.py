@@ -1,16 +1,18 @@
 """HistoKT-style transfer baselines: fine-tune from one source expert, or merge experts by parameter averaging.
 
 Methods (config key baselines.methods):
-  head   new Linear(512→T) on the frozen source expert's cached embedding
-  mlp    new MLP (512→hidden→T) on the frozen source expert's cached embedding
-  all    every layer of the source expert trained, with a new Linear(512→T) head on its embedding
-  merge  training-free: the other sources' experts' state dicts averaged, evaluated as is
+  head        new Linear(512→T) on the frozen source expert's cached embedding (HistoKT 'fine tuning')
+  mlp         new MLP (512→hidden→T) on the frozen source expert's cached embedding
+  all         every layer of the source expert trained, with a Linear(512→T) head (HistoKT 'deep tuning')
+  merge       training-free: the pooled sources' experts' state dicts averaged, evaluated as is
+  merge_tune  HistoKT's weight distillation: the pooled experts averaged, then deep-tuned on the target
 
-head and all start their Linear head from the source expert's classifier when the target's time
-bins (fit on its own training fold) equal the source's, else from a fresh one; mlp's head is
-always new. The source expert of outer fold k is each source's fold-k expert (it never saw a target
-patient). Which source to fine-tune from is chosen by inner K-fold CV on the target's TRAINING
-patients of the outer fold (stratified like the outer splits); the test fold is never read.
+head and all start from a new random Linear head (HistoKT, ``head_init: new``) or, with
+``head_init: source``, from the source expert's classifier when the target's time bins equal the
+source's. The source expert of outer fold k is each source's fold-k expert (it never saw a target
+patient). The source, and the learning rate from ``lr_grid`` (HistoKT's grid), are chosen by inner
+K-fold CV on the target's TRAINING patients of the outer fold; the test fold is never read. With
+``null_gate`` the chosen model must also beat ``min_c`` in that inner CV, or it becomes the null model.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,72 +33,35 @@ from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
 from wsikt.training.experts import load_expert, predict
 from wsikt.training.fit import Targets, fit
 from wsikt.training.folds import inner_cv_c, write_fold_outputs
-from wsikt.training.settings import TrainSettings
+from wsikt.training.gate import gate_decision, life_table_logits, make_null_linear, null_gate, null_survival
+from wsikt.training.settings import NullGate, TrainSettings
+from wsikt.transfer.baseline_settings import METHODS, BaselineSettings, needs_bags
 from wsikt.transfer.embedding_cache import ExpertKey, cache_keys, read_embeddings
 from wsikt.transfer.matrix import positive_sources, selection_matrix
 
 log = logging.getLogger("wsikt.transfer.baselines")
 
-
-
-@dataclass(frozen=True)
-class Method:
-    """What a baseline method reads and trains (config names in :data:`METHODS`)."""
-
-    reads: str  # 'embeddings' (the frozen experts' cached 512-d embeddings) or 'bags' (the target's patch features)
-    head: str | None  # the new head: 'linear', 'mlp', or None for a training-free method
-    tunes_trunk: bool  # the source expert's aggregator is trained too (deep tuning)
-    starts_from_source_head: bool  # the head starts from the source's classifier when the time bins match
-
-
-METHODS: dict[str, Method] = {
-    "head": Method("embeddings", "linear", tunes_trunk=False, starts_from_source_head=True),  # HistoKT frozen encoder
-    "mlp": Method("embeddings", "mlp", tunes_trunk=False, starts_from_source_head=False),
-    "all": Method("bags", "linear", tunes_trunk=True, starts_from_source_head=True),  # HistoKT deep tuning
-    "merge": Method("bags", None, tunes_trunk=False, starts_from_source_head=False),  # parameter averaging
-}
-
-
-@dataclass(frozen=True)
-class BaselineSettings:
-    """One baseline (config key baselines.*); optimiser, epochs and bins come from TrainSettings (experts.*)."""
-
-    method: str = "head"
-    inner_folds: int = 3  # inner CV on the outer training fold that picks the source
-    candidates: str = "all"  # sources tried: 'all' others, or 'positive' (training-only C > threshold)
-    merge_set: str = "all"  # experts averaged by 'merge': 'all' others or 'positive'
-    threshold: float = 0.6
-    mlp_hidden: int = 256
-
-    @classmethod
-    def from_config(cls, baselines: Mapping[str, Any], method: str) -> "BaselineSettings":
-        """From config section ``baselines`` for one of its ``methods``."""
-        return cls(method=method, **{k: v for k, v in baselines.items() if k != "methods"})
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"baselines method '{self.method}' must be one of {', '.join(METHODS)}")
-        for key, value in (("candidates", self.candidates), ("merge_set", self.merge_set)):
-            if value not in ("all", "positive"):
-                raise ValueError(f"baselines.{key} '{value}' must be 'all' or 'positive'")
-        if self.inner_folds < 2:
-            raise ValueError(f"baselines.inner_folds must be ≥ 2, got {self.inner_folds}")
-
-
-def needs_bags(method: str) -> bool:
-    """Whether a method reads the target's patch features; head/mlp train on cached embeddings."""
-    return METHODS[method].reads == "bags"
+# a fine-tuning source: one expert, or a tuple of experts whose parameters are averaged first (merge_tune)
+Source = ExpertKey | tuple[ExpertKey, ...]
 
 
 def source_pool(cache_h5: str | Path, split: pd.DataFrame, target: str, fold: int, which: str, threshold: float) -> list[str]:
-    """Other sources with a fold-``fold`` expert: all of them, or those positive on this fold's training patients."""
+    """Other sources with a fold-``fold`` expert, selected on this fold's training patients only.
+
+    'all': every one; 'positive': training-only zero-shot C > ``threshold`` (the best one if none is);
+    'signal': C > 0.5, which leaves out null experts (one risk for all: C = 0.5) and reversed ones,
+    possibly every source (an empty pool).
+    """
     keys = cache_keys(cache_h5)
     sources = sorted({s for s, k in keys if s != target and k == fold})
+    if not sources:
+        raise ValueError(f"target {target}: no other source has a fold-{fold} expert; transfer needs ≥2 cancers")
     if which == "positive":
         sel = selection_matrix(cache_h5, split, target, fold)
         sources = sorted(set(positive_sources(sel, target, threshold)) & set(sources)) or [_best(sel, target, sources)]
-    if not sources:
-        raise ValueError(f"target {target}: no other source has a fold-{fold} expert; transfer needs ≥2 cancers")
+    elif which == "signal":
+        sel = selection_matrix(cache_h5, split, target, fold)
+        sources = sorted(set(positive_sources(sel, target, 0.5)) & set(sources))
     return sources
 
 
@@ -149,25 +114,42 @@ def source_head(checkpoint: str | Path, edges: np.ndarray) -> dict[str, torch.Te
     return {"weight": state["aggregator.classifier.weight"], "bias": state["aggregator.classifier.bias"]}
 
 
+def is_merged(source: Source) -> bool:
+    """Whether a fine-tuning source is a pool of experts to average (merge_tune) rather than one expert."""
+    return isinstance(source[0], tuple)
+
+
+def source_label(source: Source) -> str:
+    """How a source is named in metrics: 'SHB/fold0', or 'merge(NOI,SHB)/fold0' for an averaged pool."""
+    if is_merged(source):
+        return f"merge({','.join(s for s, _ in source)})/fold{source[0][1]}"
+    return f"{source[0]}/fold{source[1]}"
+
+
 def fine_tune(
-    method: str, source: ExpertKey, train_idx: np.ndarray, times: np.ndarray, events: np.ndarray,
+    method: str, source: Source, train_idx: np.ndarray, times: np.ndarray, events: np.ndarray,
     train: TrainSettings, settings: BaselineSettings, device: torch.device,
     emb: dict[ExpertKey, np.ndarray] | None = None, bags: list | None = None, checkpoints: dict[ExpertKey, str | Path] | None = None,
+    lr: float | None = None,
 ) -> tuple[nn.Module, np.ndarray, list[float]]:
-    """Fit one fine-tuning baseline on ``train_idx``; returns the module, the bin edges and the loss history.
+    """Fit one fine-tuning baseline on ``train_idx`` at learning rate ``lr`` (default experts.lr).
 
-    head/mlp train on ``emb[source]`` (the frozen expert's cached eval-mode embedding, identical to
-    its forward pass); 'all' rebuilds the expert from ``checkpoints[source]`` and trains it on ``bags``.
-    ``checkpoints`` also supply the source classifier that head/all start from (when bins match).
+    Returns the module, the bin edges and the loss history. head/mlp train on ``emb[source]`` (the
+    frozen expert's cached eval-mode embedding, identical to its forward pass); 'all' rebuilds the
+    expert from ``checkpoints[source]`` and trains it on ``bags``; 'merge_tune' does the same from
+    the parameter average of the experts ``source`` (a tuple of keys). Every layer is trainable in
+    deep tuning; only the new head in head/mlp (HistoKT's ``freeze_encoder``).
     """
     edges = fit_time_bins(times[train_idx], events[train_idx], train.bins_kind, train.n_bins, train.bin_width_days)
     bins = assign_bins(times, edges)[train_idx]
-    nll = replace(train, loss="nll")  # the new head has T outputs: always the discrete-time NLL
+    nll = replace(train, loss="nll", lr=train.lr if lr is None else float(lr))  # the new head has T outputs: the NLL
     torch.manual_seed(train.seed)
     spec = METHODS[method]
     if spec.head is None:
         raise ValueError(f"fine_tune has no method '{method}'; it is training-free (use merge_experts)")
-    init = source_head(checkpoints[source], edges) if checkpoints and spec.starts_from_source_head else None
+    init = None
+    if settings.head_init == "source" and spec.can_start_from_source_head and checkpoints and not is_merged(source):
+        init = source_head(checkpoints[source], edges)
     if not spec.tunes_trunk:
         x = torch.from_numpy(emb[source][train_idx]).to(device)
         module: nn.Module = new_head(method, x.shape[1], len(edges) + 1, settings.mlp_hidden, train.dropout).to(device)
@@ -175,7 +157,9 @@ def fine_tune(
             module.load_state_dict(init)
         history = fit(module, lambda i: (module(x[i]), None), Targets(bins, events[train_idx]), nll, device)
     else:
-        trunk = load_expert(checkpoints[source], device)
+        trunk = (merge_experts([checkpoints[k] for k in source], device) if is_merged(source)
+                 else load_expert(checkpoints[source], device))
+        torch.manual_seed(train.seed)  # the new head's init does not depend on how the trunk was built
         dim = int(predict(trunk, [bags[int(train_idx[0])]], device)[1].shape[1])
         module = FineTuned(trunk, new_head(method, dim, len(edges) + 1, settings.mlp_hidden, train.dropout)).to(device)
         if init is not None:
@@ -187,7 +171,7 @@ def fine_tune(
 
 
 @torch.inference_mode()
-def predict_baseline(method: str, module: nn.Module, source: ExpertKey, idx: np.ndarray, device: torch.device,
+def predict_baseline(method: str, module: nn.Module, source: Source, idx: np.ndarray, device: torch.device,
                      emb: dict[ExpertKey, np.ndarray] | None = None, bags: list | None = None) -> np.ndarray:
     """Survival curves (len(idx), T) of a fitted baseline, eval mode."""
     module.eval()
@@ -196,28 +180,41 @@ def predict_baseline(method: str, module: nn.Module, source: ExpertKey, idx: np.
     return _predict_finetuned(module, [bags[int(i)] for i in idx], device)
 
 
+def lr_key(lr: float) -> str:
+    """A learning rate as a metrics-JSON key (``%g``)."""
+    return f"{lr:g}"
+
+
 def choose_source(
-    method: str, sources: list[str], split: pd.DataFrame, fold: int, train: TrainSettings, settings: BaselineSettings,
-    device: torch.device, **data,
-) -> tuple[str, dict[str, float]]:
-    """The source whose fine-tuned model has the best pooled inner-CV C on the outer fold's training patients.
+    method: str, sources: Sequence[str] | dict[str, Source], split: pd.DataFrame, fold: int, train: TrainSettings,
+    settings: BaselineSettings, device: torch.device, **data,
+) -> tuple[str, float, dict[str, dict[str, float]]]:
+    """The (source, learning rate) whose fine-tuned model has the best pooled inner-CV C on the training patients.
 
-    Only training patients (and their labels) are read; ties and all-NaN scores go to the first
-    source by name.
+    ``sources``: names (each one's fold-``fold`` expert) or name → :data:`Source`. Every rate of
+    ``settings.grid(train)`` is tried. Only training patients (and their labels) are read; ties and
+    all-NaN scores go to the first source by name, then the larger rate. Returns the name, the
+    rate and the inner C per name and rate (:func:`lr_key`).
     """
+    named = sources if isinstance(sources, dict) else {s: (s, fold) for s in sources}
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
-    scores = {}
-    for s in sources:
-        def fit_predict(tr: np.ndarray, va: np.ndarray, s: str = s) -> np.ndarray:
-            module, _, _ = fine_tune(method, (s, fold), tr, times, events, train, settings, device, **data)
-            return risk_from_survival(predict_baseline(method, module, (s, fold), va, device, data.get("emb"), data.get("bags")))
+    grid = sorted(settings.grid(train), reverse=True)
+    scores: dict[str, dict[str, float]] = {}
+    for name, src in named.items():
+        scores[name] = {}
+        for lr in grid:
+            def fit_predict(tr: np.ndarray, va: np.ndarray, src: Source = src, lr: float = lr) -> np.ndarray:
+                module, _, _ = fine_tune(method, src, tr, times, events, train, settings, device, lr=lr, **data)
+                return risk_from_survival(predict_baseline(method, module, src, va, device, data.get("emb"), data.get("bags")))
 
-        scores[s] = inner_cv_c(split, fold, settings.inner_folds, train.seed, fit_predict, key="baselines.inner_folds")
-    ranked = sorted(sources, key=lambda s: (-(scores[s] if np.isfinite(scores[s]) else -np.inf), s))
-    return ranked[0], scores
+            scores[name][lr_key(lr)] = inner_cv_c(split, fold, settings.inner_folds, train.seed, fit_predict,
+                                                  key="baselines.inner_folds")
+    ranked = sorted(((name, lr) for name in sorted(named) for lr in grid),
+                    key=lambda p: -(scores[p[0]][lr_key(p[1])] if np.isfinite(scores[p[0]][lr_key(p[1])]) else -np.inf))
+    return ranked[0][0], ranked[0][1], scores
 
 
-def merge_experts(checkpoints: list[str | Path], device: torch.device) -> nn.Module:
+def merge_experts(checkpoints: Sequence[str | Path], device: torch.device) -> nn.Module:
     """Parameter averaging: the element-wise mean of experts' state dicts (one architecture), loaded into the first."""
     models = [load_expert(p, device) for p in checkpoints]
     states = [m.state_dict() for m in models]
@@ -228,11 +225,122 @@ def merge_experts(checkpoints: list[str | Path], device: torch.device) -> nn.Mod
                 f"parameter averaging needs experts of one architecture and one bin count; {p} differs "
                 f"from {checkpoints[0]} (check experts.model and experts.bins)"
             )
-    avg = {k: (torch.stack([st[k].float() for st in states]).mean(0).to(ref[k].dtype) if ref[k].is_floating_point() else ref[k])
-           for k in ref}
-    models[0].load_state_dict(avg)
+    models[0].load_state_dict(average_states(states))
     models[0].make_null(None)  # the averaged head is used, even where the first expert was a null model
     return models[0].eval()
+
+
+def average_states(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Uniform weight combination: the element-wise mean of every floating tensor; others (counters, flags) from the first."""
+    ref = states[0]
+    return {k: (torch.stack([st[k].float() for st in states]).mean(0).to(ref[k].dtype) if ref[k].is_floating_point() else ref[k])
+            for k in ref}
+
+
+def _inner_split(split: pd.DataFrame, tr: np.ndarray, va: np.ndarray, fold: int) -> pd.DataFrame:
+    """Rows ``tr`` ∪ ``va`` of ``split`` relabelled so that ``va`` is fold ``fold`` (the held-out part) for pool selection."""
+    sub = split.iloc[np.r_[tr, va]].copy()
+    sub["fold"] = np.r_[np.full(len(tr), -1), np.full(len(va), fold)]
+    return sub
+
+
+def _null_head(module: nn.Module, logits: torch.Tensor) -> None:
+    """Make a fitted head/mlp/FineTuned baseline the null model (its output Linear gives ``logits`` for everyone)."""
+    make_null_linear([m for m in module.modules() if isinstance(m, nn.Linear)][-1], logits)
+
+
+@dataclass
+class _Fitted:
+    """One outer fold's fitted baseline: what run_baseline_fold saves and writes."""
+
+    module: nn.Module
+    edges: np.ndarray
+    surv: np.ndarray
+    meta: dict
+    extra: dict
+    gate: dict | None
+
+
+def _gate_record(gate: NullGate, scored: float | None, split: pd.DataFrame, fold: int, seed: int, fit_predict) -> dict | None:
+    """The null gate's record: from the selection's own inner C when it used the same folds, else its own inner CV."""
+    if not gate.inner_folds:
+        return None
+    if scored is not None:
+        return gate_decision(scored, gate)
+    return null_gate(split, fold, gate, seed, fit_predict, key="baselines.null_gate.inner_folds")
+
+
+def _run_merge(split: pd.DataFrame, cache_h5: str | Path, target: str, fold: int, train: TrainSettings,
+               settings: BaselineSettings, device: torch.device, bags: list, checkpoints: dict[ExpertKey, str | Path]) -> _Fitted:
+    """merge: the pool's averaged expert as is (the null model when the pool is empty or the gate fails)."""
+    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
+    train_idx = np.flatnonzero((split["fold"] != fold).to_numpy())
+    pool = source_pool(cache_h5, split, target, fold, settings.merge_set, settings.threshold)
+    first = checkpoints[(pool[0], fold)] if pool else next(v for (s, k), v in sorted(checkpoints.items()) if s != target and k == fold)
+    edges = read_checkpoint(first, "cpu", kind="expert").inner_edges
+    module = merge_experts([checkpoints[(s, fold)] for s in pool], device) if pool else load_expert(first, device)
+
+    def fit_predict(tr: np.ndarray, va: np.ndarray) -> np.ndarray:
+        inner_pool = source_pool(cache_h5, _inner_split(split, tr, va, fold), target, fold, settings.merge_set, settings.threshold)
+        if not inner_pool:
+            return np.zeros(len(va))  # the null model: one risk for all
+        merged = merge_experts([checkpoints[(s, fold)] for s in inner_pool], device)
+        return risk_from_survival(predict(merged, [bags[int(i)] for i in va], device)[0])
+
+    gate = _gate_record(settings.null_gate, None, split, fold, train.seed, fit_predict) if pool else None
+    null = not pool or bool(gate and gate["null"])
+    if null:
+        module.make_null(life_table_logits(assign_bins(times, edges)[train_idx], events[train_idx], len(edges) + 1))
+    return _Fitted(module, edges, predict(module, bags, device)[0], {"merged": [f"{s}/fold{fold}" for s in pool]},
+                   {"merged_sources": pool, "null": null, **({} if pool else {"null_reason": "empty merge_set pool"})}, gate)
+
+
+def _run_fine_tuned(split: pd.DataFrame, cache_h5: str | Path, target: str, fold: int, train: TrainSettings,
+                    settings: BaselineSettings, device: torch.device, bags: list | None,
+                    checkpoints: dict[ExpertKey, str | Path]) -> _Fitted:
+    """head, mlp, all, merge_tune: (source, lr) chosen by inner CV, fit on the training fold, gated."""
+    method, spec = settings.method, METHODS[settings.method]
+    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
+    train_idx = np.flatnonzero((split["fold"] != fold).to_numpy())
+    extra: dict = {}
+    if spec.merges:
+        pool = source_pool(cache_h5, split, target, fold, settings.merge_set, settings.threshold)
+        named: dict[str, Source] = {"merge": tuple((s, fold) for s in pool)} if pool else {}
+        extra["merged_sources"] = pool
+    else:
+        named = {s: (s, fold) for s in source_pool(cache_h5, split, target, fold, settings.candidates, settings.threshold)}
+    data: dict = {"bags": bags, "checkpoints": checkpoints}
+    if not needs_bags(method):
+        data = {"emb": read_embeddings(cache_h5, list(named.values()), list(split["patient_id"].astype(str))),
+                "checkpoints": checkpoints}
+    edges = fit_time_bins(times[train_idx], events[train_idx], train.bins_kind, train.n_bins, train.bin_width_days)
+    null_logits = life_table_logits(assign_bins(times, edges)[train_idx], events[train_idx], len(edges) + 1)
+    if not named:  # merge_tune with an empty pool: nothing to distil, the null model
+        module = nn.Linear(1, len(edges) + 1)
+        _null_head(module, null_logits)
+        extra.update(source=None, source_expert=None, lr=None, inner_c_index={}, inner_c_index_per_lr={}, loss_per_epoch=[], null=True,
+                     null_reason="empty merge_set pool")
+        return _Fitted(module, edges, null_survival(null_logits, len(split)), {"source": "none"}, extra, None)
+    chosen, lr, scores = choose_source(method, named, split, fold, train, settings, device, **data)
+    source = named[chosen]
+    module, edges, history = fine_tune(method, source, train_idx, times, events, train, settings, device, lr=lr, **data)
+
+    def fit_predict(tr: np.ndarray, va: np.ndarray) -> np.ndarray:
+        m, _, _ = fine_tune(method, source, tr, times, events, train, settings, device, lr=lr, **data)
+        return risk_from_survival(predict_baseline(method, m, source, va, device, data.get("emb"), data.get("bags")))
+
+    same_folds = settings.null_gate.inner_folds == settings.inner_folds  # the same inner folds and seed: the selection's score
+    gate = _gate_record(settings.null_gate, scores[chosen][lr_key(lr)] if same_folds else None, split, fold, train.seed, fit_predict)
+    null = bool(gate and gate["null"])
+    if null:
+        _null_head(module, null_logits)
+        surv = null_survival(null_logits, len(split))
+    else:
+        surv = predict_baseline(method, module, source, np.arange(len(split)), device, data.get("emb"), data.get("bags"))
+    best = {name: max((c for c in per.values() if np.isfinite(c)), default=float("nan")) for name, per in scores.items()}
+    extra.update(source=chosen, source_expert=source_label(source), lr=lr, inner_c_index=best, inner_c_index_per_lr=scores,
+                 loss_per_epoch=history, null=null)
+    return _Fitted(module, edges, surv, {"source": source_label(source), "lr": lr}, extra, gate)
 
 
 def run_baseline_fold(
@@ -243,35 +351,20 @@ def run_baseline_fold(
     """Run one baseline on one outer fold of ``target`` and write model, predictions and metrics.
 
     ``checkpoints`` ((source, fold) → model.pt) are always needed; ``bags`` (aligned with
-    ``split``) by 'all' and 'merge' only.
+    ``split``) by 'all', 'merge' and 'merge_tune' only. The metrics JSON records the chosen source
+    and learning rate, every inner C, and the null gate's decision (``null``, ``null_gate``).
     """
     if checkpoints is None or (needs_bags(settings.method) and bags is None):
         raise ValueError(f"baseline '{settings.method}' needs the source expert checkpoints"
                          + (" and the target's bags" if needs_bags(settings.method) else ""))
-    ids = list(split["patient_id"].astype(str))
-    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
-    is_train = (split["fold"] != fold).to_numpy()
-    every = np.arange(len(split))
-    extra: dict = {"model": f"baseline_{settings.method}", "target": target, "settings": asdict(settings)}
-    if METHODS[settings.method].head is None:
-        merged = source_pool(cache_h5, split, target, fold, settings.merge_set, settings.threshold)
-        module = merge_experts([checkpoints[(s, fold)] for s in merged], device)
-        surv = predict(module, bags, device)[0]
-        extra["merged_sources"] = merged
-        edges, meta = None, {"merged": [f"{s}/fold{fold}" for s in merged]}
-    else:
-        sources = source_pool(cache_h5, split, target, fold, settings.candidates, settings.threshold)
-        data = {"bags": bags, "checkpoints": checkpoints}
-        if not needs_bags(settings.method):
-            data = {"emb": read_embeddings(cache_h5, [(s, fold) for s in sources], ids), "checkpoints": checkpoints}
-        chosen, scores = choose_source(settings.method, sources, split, fold, train, settings, device, **data)
-        module, edges, history = fine_tune(settings.method, (chosen, fold), np.flatnonzero(is_train), times, events,
-                                           train, settings, device, **data)
-        surv = predict_baseline(settings.method, module, (chosen, fold), every, device, data.get("emb"), data.get("bags"))
-        extra.update(source=chosen, source_expert=f"{chosen}/fold{fold}", inner_c_index=scores, loss_per_epoch=history)
-        meta = {"source": f"{chosen}/fold{fold}"}
-    save_checkpoint(out_model, "baseline", module, edges, train, asdict(settings), method=settings.method, **meta)
-    extra["train_settings"] = asdict(train)
-    metrics = write_fold_outputs(split, fold, surv, extra, out_predictions, out_metrics)
+    run = _run_merge if METHODS[settings.method].head is None else _run_fine_tuned
+    fitted = run(split, cache_h5, target, fold, train, settings, device, bags, checkpoints)
+    if fitted.gate is not None:
+        log.info("baseline %s %s fold %d: inner-CV C %.3f %s %.2f: %s", settings.method, target, fold, fitted.gate["inner_c"],
+                 "≤" if fitted.gate["null"] else ">", fitted.gate["min_c"], "null model" if fitted.gate["null"] else "kept")
+    save_checkpoint(out_model, "baseline", fitted.module, fitted.edges, train, asdict(settings), method=settings.method, **fitted.meta)
+    extra = {"model": f"baseline_{settings.method}", "target": target, "settings": asdict(settings), **fitted.extra,
+             "lr_grid": list(settings.grid(train)), "null_gate": fitted.gate, "train_settings": asdict(train)}
+    metrics = write_fold_outputs(split, fold, fitted.surv, extra, out_predictions, out_metrics)
     log.info("baseline %s %s fold %d: C test %.3f", settings.method, target, fold, metrics["c_index_test"])
     return metrics
