@@ -59,7 +59,7 @@ def survival_loss(logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor
     if settings.loss == "cox":
         if times is None:
             raise ValueError("experts.loss 'cox' needs the patients' times: pass Targets(times=...)")
-        return cox_ph_loss(logits[:, 0], times, events)
+        return cox_ph_loss(logits[:, 0], times, events, settings.cox_reduction)
     return nll_loss(torch.sigmoid(logits), bins, events, settings.alpha)
 
 

@@ -26,12 +26,15 @@ class TrainSettings:
     n_bins: int = 32
     bin_width_days: float = 365.0
     loss: str = "nll"  # 'nll' (discrete-time, T outputs) or 'cox' (one log-risk output, ≥16 patients per step)
+    cox_reduction: str = "patients"  # Cox sum over events divided by the step's patients (HistoSSLscaling) or 'events'
     model_params: dict[str, Any] = field(default_factory=dict)  # the aggregator's own hyper-parameters
 
     def __post_init__(self) -> None:
         if self.feature_norm not in ("none", "standardize"):
             raise ValueError(f"experts.feature_norm '{self.feature_norm}' must be 'none' or 'standardize'")
         check_loss_config(self.loss, self.patients_per_step)
+        if self.cox_reduction not in ("events", "patients"):
+            raise ValueError(f"experts.cox_reduction '{self.cox_reduction}' must be 'events' or 'patients'")
 
     @classmethod
     def from_config(cls, experts: Mapping[str, Any], model: str | None = None) -> "TrainSettings":

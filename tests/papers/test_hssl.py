@@ -1,0 +1,81 @@
+"""HistoSSLscaling (owkin/HistoSSLscaling, Phikon): our Chowder, DSMIL and Cox loss against its code; its preset.
+
+The reference values in tests/reference/papers/hssl/reference.npz were produced by HistoSSLscaling's own
+classes (commit 73f1d191b1d04d4b88307a9601c4fcdbf23b72fa) with our weights copied in, by
+tests/reference/papers/hssl/make_reference.py (see the README there). The paper's code is not needed here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from wsikt.mil.chowder import Chowder
+from wsikt.mil.dsmil import DSMIL
+from wsikt.survival.losses import cox_ph_loss
+from wsikt.survival.metrics import harrell_c
+
+ROOT = Path(__file__).resolve().parents[2]
+REF = np.load(ROOT / "tests" / "reference" / "papers" / "hssl" / "reference.npz")
+PRESET = ROOT / "config" / "papers" / "hssl.yaml"
+
+
+def _ours(cls, name: str, t: int) -> torch.nn.Module:
+    """Our model with its defaults (HistoSSLscaling's settings) and the recorded weights."""
+    model = cls(REF["x"].shape[-1], t).eval()
+    prefix = f"{name}{t}__state__"
+    model.load_state_dict({k[len(prefix):]: torch.from_numpy(REF[k]) for k in REF.files if k.startswith(prefix)})
+    return model
+
+
+@pytest.mark.parametrize("t", [1, 3])
+@pytest.mark.parametrize("cls,name", [(Chowder, "chowder"), (DSMIL, "dsmil")])
+def test_forward_equals_histosslscaling(cls, name, t):
+    """Same weights, same padded bags (one shorter than Chowder's 10 extremes): logits equal HistoSSLscaling's to 1e-5."""
+    model = _ours(cls, name, t)
+    x, valid = torch.from_numpy(REF["x"]), torch.from_numpy(REF["valid"])
+    with torch.no_grad():
+        out = model(x, valid)
+        alone = [model(x[i:i + 1, : int(valid[i].sum())], valid[i:i + 1, : int(valid[i].sum())])["logits"] for i in range(len(x))]
+    np.testing.assert_allclose(out["logits"].numpy(), REF[f"{name}{t}__logits"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(torch.cat(alone).numpy(), REF[f"{name}{t}__logits"], atol=1e-5, rtol=0)  # unpadded too
+    assert out["embedding"].shape == (len(x), 512)
+
+
+def test_cox_loss_and_gradient_equal_histosslscaling():
+    """HistoSSLscaling's CoxLoss (sum over events / batch size) on 16 patients with distinct times: loss and gradient."""
+    eta = torch.tensor(REF["cox_eta"], requires_grad=True)
+    loss = cox_ph_loss(eta, torch.from_numpy(REF["cox_times"]), torch.from_numpy(REF["cox_events"]), reduction="patients")
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(float(REF["cox_loss"]), abs=1e-5)
+    np.testing.assert_allclose(eta.grad.numpy(), REF["cox_grad"], atol=1e-6)
+    events = torch.from_numpy(REF["cox_events"])  # 'events' (our earlier mean) is the same sum over E, not B
+    ours_events = cox_ph_loss(eta.detach(), torch.from_numpy(REF["cox_times"]), events, reduction="events")
+    assert float(ours_events) == pytest.approx(float(REF["cox_loss"]) * len(events) / int(events.sum()), abs=1e-5)
+
+
+def test_harrell_c_equals_their_cindex():
+    """Their compute_cindex (lifelines on time, −risk, event) equals our Harrell's C."""
+    c = harrell_c(REF["cox_times"], REF["cox_events"], REF["cox_eta"].astype(float))
+    assert c == pytest.approx(float(REF["cindex"]), abs=1e-12)
+
+
+def test_wsikt_variants_stay_reachable_as_options():
+    """The earlier wsikt Chowder/DSMIL (a learnt 512 projection, ReLU scores, 5/5, dropout, scaled queries) are options."""
+    chowder = Chowder(12, 4, projection=512, tile_activation="relu", n_top=5, n_bottom=5, mlp_dropout=0.25)
+    assert isinstance(chowder.score[0][1], torch.nn.ReLU) and chowder.mlp[0][0].in_features == 10
+    assert any(isinstance(m, torch.nn.Dropout) for m in chowder.mlp.modules())
+    dsmil = DSMIL(12, 4, projection=512, values="mlp", scale_attention=True, d_query=128)
+    assert dsmil.scale == pytest.approx(128 ** -0.5) and dsmil.bag[0][0].in_features == 32
+    g = np.random.default_rng(0)
+    bags = [g.normal(size=(n, 12)).astype(np.float32) for n in (7, 30)]
+    for model in (chowder.eval(), dsmil.eval()):
+        with torch.no_grad():
+            out = model(model.collate(bags, torch.device("cpu")))
+        assert out["logits"].shape == (2, 4) and out["embedding"].shape == (2, 512)
+    with pytest.raises(ValueError, match="experts.model_params"):
+        DSMIL(12, 4, values="learned")
