@@ -8,7 +8,7 @@ from wsikt.core.logs import log_to
 from wsikt.core.model_facts import model_scales
 from wsikt.formats.tables import read_table
 from wsikt.training.experts import run_expert_fold
-from wsikt.training.settings import NullGate, TrainSettings
+from wsikt.training.settings import HyperGrid, NullGate, TrainSettings
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
@@ -21,4 +21,5 @@ with log_to(snakemake.log[0]):
     run_expert_fold(
         split, bags, int(snakemake.wildcards.fold), settings, snakemake.output.model,
         snakemake.output.predictions, snakemake.output.metrics, resolve_device(p.device), NullGate.from_config(p.experts),
+        HyperGrid.from_config(p.experts),
     )

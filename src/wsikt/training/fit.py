@@ -1,7 +1,8 @@
 """The one fit loop: experts, ROUPKT and the fine-tuning baselines are all trained by :func:`fit`.
 
 One optimiser step per ``patients_per_step`` patients (a shuffled epoch, last partial step kept);
-AdamW with weight decay on ≥2-D weights only; linear warmup then cosine decay; the model after the
+AdamW with weight decay on ≥2-D weights only; linear warmup then cosine decay (or, experts.optimizer
+'adam' and experts.lr_schedule 'constant', HistoSSLscaling's Adam at a constant rate); the model after the
 last epoch is kept (no selection on held-out data). The loss is the discrete-time NLL(α) or the
 Cox partial likelihood, plus the model's auxiliary loss when it has one (ROUPKT's routing losses).
 """
@@ -32,8 +33,13 @@ class Targets:
     times: np.ndarray | None = None
 
 
-def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with weight decay on ≥2-D weights only (biases and norms undecayed)."""
+def optimizer_for(model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW with weight decay on ≥2-D weights only (biases and norms undecayed); or 'adam': Adam, L2 on every parameter.
+
+    'adam' is HistoSSLscaling's torch.optim.Adam(params, lr, weight_decay).
+    """
+    if kind == "adam":
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return torch.optim.AdamW(
@@ -63,13 +69,17 @@ def survival_loss(logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor
     return nll_loss(torch.sigmoid(logits), bins, events, settings.alpha)
 
 
-def fit(module: nn.Module, forward: StepForward, targets: Targets, settings: TrainSettings, device: torch.device) -> list[float]:
-    """Train ``module`` on ``len(targets.bins)`` patients; returns the mean loss per epoch."""
+def fit(module: nn.Module, forward: StepForward, targets: Targets, settings: TrainSettings, device: torch.device,
+        on_epoch: Callable[[int], None] | None = None) -> list[float]:
+    """Train ``module`` on ``len(targets.bins)`` patients; returns the mean loss per epoch.
+
+    ``on_epoch(e)`` runs after each epoch e = 1, 2, … (e.g. to score the model on validation patients).
+    """
     n = len(targets.bins)
     rng = np.random.default_rng(settings.seed)
-    opt = optimizer_for(module, settings.lr, settings.weight_decay)
+    opt = optimizer_for(module, settings.lr, settings.weight_decay, settings.optimizer)
     steps = math.ceil(n / settings.patients_per_step)
-    sched = cosine_with_warmup(opt, settings.warmup_epochs * steps, settings.epochs * steps)
+    sched = cosine_with_warmup(opt, settings.warmup_epochs * steps, settings.epochs * steps) if settings.lr_schedule == "cosine" else None
     y, e = torch.as_tensor(targets.bins, device=device), torch.as_tensor(targets.events, device=device)
     t = None if targets.times is None else torch.as_tensor(np.asarray(targets.times, np.float64), device=device)
     history = []
@@ -86,7 +96,10 @@ def fit(module: nn.Module, forward: StepForward, targets: Targets, settings: Tra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(idx)
         history.append(total / n)
+        if on_epoch is not None:
+            on_epoch(len(history))
     return history
