@@ -79,3 +79,60 @@ def test_wsikt_variants_stay_reachable_as_options():
         assert out["logits"].shape == (2, 4) and out["embedding"].shape == (2, 512)
     with pytest.raises(ValueError, match="experts.model_params"):
         DSMIL(12, 4, values="learned")
+
+
+# ---------------------------------------------------------------------------------------------
+# The preset: config/papers/hssl.yaml
+# ---------------------------------------------------------------------------------------------
+
+
+def _preset() -> dict:
+    from wsikt.config.validate import validate_config
+
+    return validate_config(yaml.safe_load(PRESET.read_text()), ROOT / "workflow" / "schemas" / "config.schema.yaml", source=str(PRESET))
+
+
+def test_preset_validates_and_sets_histosslscaling_protocol():
+    from wsikt.training.settings import HyperGrid, NullGate, TrainSettings
+
+    cfg = _preset()
+    assert cfg["endpoint"] == "OS" and sorted(cfg["gdc"]["projects"]) == [f"TCGA-{c}" for c in ("BRCA", "COAD", "LUAD", "LUSC", "PAAD")]
+    assert cfg["features"]["encoder"] == "phikon" and cfg["preprocess"]["target_mpp"] == 0.5 and cfg["preprocess"]["patch_size"] == 224
+    train, gate, grid = TrainSettings.from_config(cfg["experts"]), NullGate.from_config(cfg["experts"]), HyperGrid.from_config(cfg["experts"])
+    assert (train.model, train.loss, train.cox_reduction, train.optimizer, train.lr_schedule) == ("chowder", "cox", "patients", "adam", "constant")
+    assert (train.epochs, train.patients_per_step, train.warmup_epochs, train.feature_norm) == (50, 16, 0, "none")
+    assert gate.inner_folds == 0 and cfg["experts"]["folds"] == 5 and cfg["baselines"]["methods"] == []
+    assert grid.params == {"lr": [1e-3, 1e-4], "weight_decay": [0.0, 1e-4]} and grid.inner_folds == 5 and grid.epochs and grid.score == "mean"
+    from wsikt.mil import build_model
+
+    model = build_model(train.model, 768, 32, train.dropout, train.loss, **train.model_params).aggregator
+    assert (model.n_top, model.n_bottom) == (10, 10) and isinstance(model.fc, torch.nn.Identity)
+    assert [type(m).__name__ for m in model.score.modules() if not isinstance(m, torch.nn.Sequential)] == ["Linear", "Sigmoid", "Linear"]
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
+def test_preset_trains_an_expert_end_to_end(tmp_path):
+    """The preset's expert settings (epochs and inner folds shrunk) through run_expert_fold on a planted cohort."""
+    import json
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from wsikt.training.experts import run_expert_fold
+    from wsikt.training.settings import HyperGrid, TrainSettings
+
+    cfg = _preset()["experts"]
+    settings = replace(TrainSettings.from_config(cfg), epochs=2)
+    grid = replace(HyperGrid.from_config(cfg), inner_folds=2)
+    g = np.random.default_rng(0)
+    n = 32
+    u = g.uniform(0, 1, n)
+    bags = [(u[i] * 2 + g.normal(size=(int(k), 8))).astype(np.float32) for i, k in enumerate(g.integers(5, 20, n))]
+    time = np.exp(7.3 - 1.5 * u + 0.2 * g.normal(size=n))
+    split = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "cancer": "TOY", "time": time,
+                          "event": (g.random(n) < 0.7).astype(int), "fold": np.arange(n) % 5})
+    paths = [tmp_path / f for f in ("m.pt", "p.tsv", "m.json")]
+    metrics = run_expert_fold(split, bags, 0, settings, *paths, torch.device("cpu"), grid=grid)
+    record = json.loads(paths[2].read_text())["grid"]
+    assert len(record["trials"]) == 4 and set(record["chosen"]) == {"lr", "weight_decay", "epochs"}
+    assert metrics["loss"] == "cox" and metrics["train_settings"]["optimizer"] == "adam" and np.isfinite(metrics["c_index_test"])
