@@ -101,6 +101,7 @@ def test_preset_validates_and_sets_histosslscaling_protocol():
     train, gate, grid = TrainSettings.from_config(cfg["experts"]), NullGate.from_config(cfg["experts"]), HyperGrid.from_config(cfg["experts"])
     assert (train.model, train.loss, train.cox_reduction, train.optimizer, train.lr_schedule) == ("chowder", "cox", "patients", "adam", "constant")
     assert (train.epochs, train.patients_per_step, train.warmup_epochs, train.feature_norm) == (50, 16, 0, "none")
+    assert train.max_tiles_per_slide == 1000
     assert gate.inner_folds == 0 and cfg["experts"]["folds"] == 5 and cfg["baselines"]["methods"] == []
     assert grid.params == {"lr": [1e-3, 1e-4], "weight_decay": [0.0, 1e-4]} and grid.inner_folds == 5 and grid.epochs and grid.score == "mean"
     from wsikt.mil import build_model

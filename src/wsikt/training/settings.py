@@ -30,6 +30,7 @@ class TrainSettings:
     optimizer: str = "adamw"  # 'adamw' (decay on ≥2-D weights) or 'adam' (L2 on every parameter, HistoSSLscaling)
     lr_schedule: str = "cosine"  # 'cosine' (warmup then cosine decay, CROPKT) or 'constant' (HistoSSLscaling)
     cox_reduction: str = "patients"  # Cox sum over events divided by the step's patients (HistoSSLscaling) or 'events'
+    max_tiles_per_slide: int | None = None  # each slide's first k patches only (HistoSSLscaling: 1000); None = all
     model_params: dict[str, Any] = field(default_factory=dict)  # the aggregator's own hyper-parameters
 
     def __post_init__(self) -> None:
