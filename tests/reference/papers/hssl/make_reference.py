@@ -14,7 +14,6 @@ prepend zeros and invert our validity mask. No HistoSSLscaling code is copied he
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
