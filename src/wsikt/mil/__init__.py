@@ -13,6 +13,7 @@ from torch import nn
 
 from wsikt.cohort.bags import Bag
 from wsikt.core.model_facts import PRIMARY, model_scales
+from wsikt.mil.abmil_hssl import ABMILHSSL
 from wsikt.mil.base import (
     Aggregator,
     Batch,
@@ -31,6 +32,7 @@ from wsikt.mil.transmil import TransMIL
 
 REGISTRY: dict[str, Callable[..., Aggregator]] = {
     "abmil": ABMIL,
+    "abmil_hssl": ABMILHSSL,
     "mean": lambda in_dim, n_bins, **kw: PoolMIL(in_dim, n_bins, pool="mean", **kw),
     "max": lambda in_dim, n_bins, **kw: PoolMIL(in_dim, n_bins, pool="max", **kw),
     "transmil": TransMIL,
@@ -133,7 +135,7 @@ def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25, loss
 
 
 __all__ = [
-    "ABMIL", "Aggregator", "Batch", "Chowder", "CrossAttention", "CrossFusion", "DSCA", "DSMIL", "Expert",
+    "ABMIL", "ABMILHSSL", "Aggregator", "Batch", "Chowder", "CrossAttention", "CrossFusion", "DSCA", "DSMIL", "Expert",
     "GatedAttention", "LOSSES", "MODELS", "PRIMARY", "PoolMIL", "REGISTRY", "TransMIL", "build_model",
     "masked_softmax", "model_scales", "pack_arrays", "pad_bags",
 ]

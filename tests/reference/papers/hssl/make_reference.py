@@ -1,4 +1,4 @@
-"""Record HistoSSLscaling's Chowder, DSMIL and Cox loss outputs on wsikt's weights and inputs (reference.npz).
+"""Record HistoSSLscaling's Chowder, DSMIL, ABMIL and Cox loss outputs on wsikt's weights and inputs (reference.npz).
 
 Run outside the test suite, with HistoSSLscaling's checkout (owkin/HistoSSLscaling) importable:
 
@@ -6,7 +6,7 @@ Run outside the test suite, with HistoSSLscaling's checkout (owkin/HistoSSLscali
 
 Our models are built with their defaults (which are meant to be HistoSSLscaling's yaml settings);
 their weights are copied into HistoSSLscaling's classes, built from its conf/slide_level_task/
-cross_validation/model/{chowder,dsmil}.yaml values; both run on the same padded bags. HistoSSLscaling
+cross_validation/model/{chowder,dsmil,abmil}.yaml values; both run on the same padded bags. HistoSSLscaling
 reads 3 metadata columns before the features and a (B, N, 1) mask that is True on padding: we
 prepend zeros and invert our validity mask. No HistoSSLscaling code is copied here.
 """
@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import torch
 
+from wsikt.mil.abmil_hssl import ABMILHSSL
 from wsikt.mil.chowder import Chowder
 from wsikt.mil.dsmil import DSMIL
 
@@ -49,6 +50,11 @@ def mlp_map(ours: str, theirs: str, n_hidden: int, tiles: bool) -> dict[str, str
     return out
 
 
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the fixed 512-d embedding projection (rebuilt identically, unused by the logits)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("to_embedding.")}
+
+
 def copy_weights(ours: torch.nn.Module, theirs: torch.nn.Module, names: dict[str, str]) -> None:
     state = theirs.state_dict()
     for src, dst in names.items():
@@ -61,6 +67,7 @@ def main(repo: str, out: str) -> None:
     sys.path.insert(0, repo)
     from rl_benchmarks.losses.cox_loss import CoxLoss
     from rl_benchmarks.metrics.survival_metrics import compute_cindex
+    from rl_benchmarks.models.slide_models.abmil import ABMIL as TheirABMIL
     from rl_benchmarks.models.slide_models.chowder import Chowder as TheirChowder
     from rl_benchmarks.models.slide_models.dsmil import DSMIL as TheirDSMIL
 
@@ -76,7 +83,7 @@ def main(repo: str, out: str) -> None:
         copy_weights(ours, theirs, {**mlp_map("score", "score_model", 1, True), **mlp_map("mlp", "mlp", 2, False)})
         with torch.no_grad():
             rec[f"chowder{t}__logits"] = theirs(tx, tmask).numpy().reshape(len(LENGTHS), t)
-        rec.update({f"chowder{t}__state__{k}": v.numpy() for k, v in ours.state_dict().items()})
+        rec.update({f"chowder{t}__state__{k}": v.numpy() for k, v in weights(ours).items()})
 
         ours = DSMIL(D, t).eval()
         theirs = TheirDSMIL(in_features=D, out_features=t, d_tiles_values=32, d_tiles_queries=32, passing_values=False,
@@ -85,7 +92,19 @@ def main(repo: str, out: str) -> None:
                                     **mlp_map("bag", "mlp", 2, False)})
         with torch.no_grad():
             rec[f"dsmil{t}__logits"] = theirs(tx, tmask).numpy().reshape(len(LENGTHS), t)  # theirs is (B, 1, T) when T > 1
-        rec.update({f"dsmil{t}__state__{k}": v.numpy() for k, v in ours.state_dict().items()})
+        rec.update({f"dsmil{t}__state__{k}": v.numpy() for k, v in weights(ours).items()})
+
+        if t != 1:  # ABMIL's channels differ only in its last layer: one output keeps the file under 1 MB
+            continue
+        ours = ABMILHSSL(D, t).eval()
+        theirs = TheirABMIL(in_features=D, out_features=t, d_model_attention=128, temperature=1.0, mlp_hidden=[128, 64],
+                            mlp_activation=torch.nn.ReLU(), bias=True).eval()
+        names = {f"{a}.{p}": f"attention_layer.{a}.{p}" for a in ("att", "gate", "w") for p in ("weight", "bias")}
+        names.update({"embed.weight": "tiles_emb.hidden_layers.0.weight", "embed.bias": "tiles_emb.hidden_layers.0.bias"})
+        copy_weights(ours, theirs, {**names, **mlp_map("mlp", "mlp", 2, False)})
+        with torch.no_grad():
+            rec[f"abmil_hssl{t}__logits"] = theirs(tx, tmask).numpy().reshape(len(LENGTHS), t)
+        rec.update({f"abmil_hssl{t}__state__{k}": v.numpy() for k, v in weights(ours).items()})
 
     # Cox loss and C-index: 16 patients (one step), distinct times, labels = time if event else −time.
     times = rng.permutation(np.arange(30, 3000, 7))[:16].astype(np.float64)
