@@ -140,3 +140,29 @@ def test_preset_trains_an_expert_end_to_end(tmp_path):
     record = json.loads(paths[2].read_text())["grid"]
     assert len(record["trials"]) == 4 and set(record["chosen"]) == {"lr", "weight_decay", "epochs"}
     assert metrics["loss"] == "cox" and metrics["train_settings"]["optimizer"] == "adam" and np.isfinite(metrics["c_index_test"])
+
+
+@pytest.mark.workflow
+def test_preset_dry_run_plans_chowder_experts_on_a_sample_sheet(tmp_path):
+    """snakemake -n with the preset and a sample sheet: one Chowder expert job per cancer and fold, Phikon features."""
+    import pandas as pd
+    from support.workflow_helpers import copy_repo, jobs_in_dry_run, snakemake
+
+    workdir = copy_repo(tmp_path / "repo")
+    own = workdir / "own"
+    (own / "slides").mkdir(parents=True)
+    sheet, clinical = [], []
+    for cancer in ("BRCA", "LUAD"):
+        for i in range(6):
+            pid = f"TCGA-{cancer[:2]}-{i:04d}"
+            (own / "slides" / f"{pid}-DX1.svs").write_bytes(b"")
+            sheet.append(dict(slide_id=f"{pid}-DX1", patient_id=pid, cancer=cancer, path=f"own/slides/{pid}-DX1.svs"))
+            clinical.append(dict(bcr_patient_barcode=pid, type=cancer, OS=i % 2, **{"OS.time": 100 + 30 * i}))
+    pd.DataFrame(sheet).to_csv(own / "samples.tsv", sep="\t", index=False)
+    pd.DataFrame(clinical).to_csv(own / "clinical.tsv", sep="\t", index=False)
+    (own / "site.yaml").write_text(yaml.safe_dump({"samples": "own/samples.tsv", "clinical": "own/clinical.tsv", "gdc": {"projects": []}}))
+    result = snakemake(workdir, "-n", "--configfile", "config/papers/hssl.yaml", "own/site.yaml")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    jobs = jobs_in_dry_run(result)
+    assert jobs["train_expert"] == 10 and jobs["preprocess_slide"] == 12, jobs
+    assert "results/experts/phikon/chowder/OS/BRCA/fold4/model.pt" in result.stdout
