@@ -48,6 +48,10 @@ def test_index_rows_describe_the_files(features, tmp_path):
     assert paths == {"S1": str(features), "S2": str(s2)}
     (bag,) = load_patient_bags(["P1"], slides, paths)  # the patient's two slides, concatenated
     assert bag.shape == (2 * n, 64)
+    (capped,) = load_patient_bags(["P1"], slides, paths, max_tiles_per_slide=3)  # HistoSSLscaling: first k of each slide
+    np.testing.assert_array_equal(capped, np.concatenate([bag[:3], bag[n:n + 3]]))
+    with pytest.raises(ValueError, match="experts.max_tiles_per_slide"):
+        load_patient_bags(["P1"], slides, paths, ("20x", "5x"), max_tiles_per_slide=3)
 
 
 @pytest.mark.parametrize("attr, value", [("encoder", "uni_v1"), ("weights_hash", "other"), ("primary", "40x")])

@@ -28,7 +28,7 @@ from wsikt.training.experts import (
     train_expert,
 )
 from wsikt.training.fit import survival_loss
-from wsikt.training.settings import NullGate, TrainSettings
+from wsikt.training.settings import HyperGrid, NullGate, TrainSettings
 
 CPU = torch.device("cpu")
 SINGLE_SCALE = [m for m in MODELS if model_scales(m) == (PRIMARY,)]
@@ -290,3 +290,48 @@ def test_expert_key_is_read_from_the_checkpoint_not_its_path(tmp_path):
     save_expert(tmp_path / "anon.pt", model, 8, 4, edges, settings)
     with pytest.raises(ValueError, match="names no cancer and fold"):
         expert_key(tmp_path / "anon.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Nested CV over a hyper-parameter grid (HistoSSLscaling): chosen on the training fold only
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grid_chooses_by_inner_cv_and_records_the_choice(tmp_path):
+    split, bags = _split(36)
+    settings = TrainSettings(model="abmil", lr=1e-3, epochs=3, feature_norm="standardize", n_bins=8, lr_schedule="constant", warmup_epochs=0, optimizer="adam")
+    grid = HyperGrid(params={"lr": [1e-5, 3e-3], "weight_decay": [0.0]}, inner_folds=2, epochs=True)
+    paths = [tmp_path / f for f in ("m.pt", "p.tsv", "m.json")]
+    metrics = run_expert_fold(split, bags, 0, settings, *paths, CPU, grid=grid)
+    record = json.loads(paths[2].read_text())["grid"]
+    assert [t["params"] for t in record["trials"]] == [{"lr": 1e-5, "weight_decay": 0.0}, {"lr": 3e-3, "weight_decay": 0.0}]
+    for t in record["trials"]:  # the chosen epoch count is the best epoch of the inner curve
+        curve = np.array(t["inner_c_per_epoch"], float)
+        assert len(curve) == 3 and t["epochs"] == int(np.nanargmax(curve)) + 1 and t["inner_c"] == pytest.approx(np.nanmax(curve))
+    best = max(record["trials"], key=lambda t: t["inner_c"])
+    assert record["chosen"] == {**best["params"], "epochs": best["epochs"]}
+    assert metrics["train_settings"]["lr"] == best["params"]["lr"] and len(metrics["loss_per_epoch"]) == best["epochs"]
+    assert load_expert(paths[0], CPU) is not None
+
+
+def test_grid_never_reads_the_test_fold():
+    from support.transfer_cohort import poison_test_labels
+
+    from wsikt.training.experts import select_hyperparameters
+
+    split, bags = _split(36)
+    settings = TrainSettings(model="abmil", lr=1e-3, epochs=2, feature_norm="standardize", n_bins=8)
+    grid = HyperGrid(params={"lr": [1e-3, 3e-3]}, inner_folds=2)
+    _, clean = select_hyperparameters(split, bags, 0, settings, grid, CPU)
+    _, poisoned = select_hyperparameters(poison_test_labels(split, 0), bags, 0, settings, grid, CPU)
+    assert poisoned == clean and clean["trials"][0]["inner_c_per_epoch"] is None
+    assert select_hyperparameters(poison_test_labels(split, 1), bags, 0, settings, grid, CPU)[1] != clean  # not vacuous
+
+
+def test_grid_settings_reject_what_cannot_be_searched():
+    assert not HyperGrid().enabled and HyperGrid().candidates() == [{}]
+    assert HyperGrid.from_config({"grid": {"params": {"lr": [1, 2], "weight_decay": [0, 3]}}}).candidates()[1] == {"lr": 1, "weight_decay": 3}
+    for bad, key in (({"params": {"model": ["abmil"]}}, "experts.grid.params"), ({"params": {"lr": []}}, "non-empty"),
+                     ({"params": {"epochs": [2]}, "epochs": True}, "experts.grid.epochs"), ({"inner_folds": 1}, "inner_folds")):
+        with pytest.raises(ValueError, match=key):
+            HyperGrid.from_config({"grid": bad})

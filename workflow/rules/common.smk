@@ -27,7 +27,7 @@ from wsikt.config.validate import (
 from wsikt.features.batches import plan_batches
 from wsikt.features.settings import FeatureSettings, feature_params
 from wsikt.preprocess.settings import PatchSettings, patch_params
-from wsikt.training.settings import NullGate, TrainSettings
+from wsikt.training.settings import HyperGrid, NullGate, TrainSettings
 from wsikt.transfer.baseline_settings import BaselineSettings
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
@@ -45,6 +45,7 @@ def check_settings():
         "experts": lambda section: (
             TrainSettings.from_config(section),
             NullGate.from_config(section),
+            HyperGrid.from_config(section),
         ),
         "baselines": lambda section: [
             BaselineSettings.from_config(section, method=m)

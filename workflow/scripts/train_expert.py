@@ -8,7 +8,7 @@ from wsikt.core.logs import log_to
 from wsikt.core.model_facts import model_scales
 from wsikt.formats.tables import read_table
 from wsikt.training.experts import run_expert_fold
-from wsikt.training.settings import NullGate, TrainSettings
+from wsikt.training.settings import HyperGrid, NullGate, TrainSettings
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
@@ -17,8 +17,9 @@ with log_to(snakemake.log[0]):
     slides, feature_path = read_bag_index(snakemake.input.bags)
     settings = TrainSettings.from_config(p.experts, model=snakemake.wildcards.model)
     scales = model_scales(settings.model, **settings.model_params)  # dsca/crossfusion read several magnifications
-    bags = load_patient_bags(list(split["patient_id"]), slides, feature_path, scales)
+    bags = load_patient_bags(list(split["patient_id"]), slides, feature_path, scales, settings.max_tiles_per_slide)
     run_expert_fold(
         split, bags, int(snakemake.wildcards.fold), settings, snakemake.output.model,
         snakemake.output.predictions, snakemake.output.metrics, resolve_device(p.device), NullGate.from_config(p.experts),
+        HyperGrid.from_config(p.experts),
     )

@@ -90,9 +90,13 @@ def primary_features(bag: Bag) -> np.ndarray:
 
 
 def load_patient_bags(
-    patient_ids: list[str], slides: pd.DataFrame, feature_path: dict[str, str | Path], scales: Sequence[str] | None = None
+    patient_ids: list[str], slides: pd.DataFrame, feature_path: dict[str, str | Path], scales: Sequence[str] | None = None,
+    max_tiles_per_slide: int | None = None,
 ) -> list[Bag]:
     """One bag per patient, in ``patient_ids`` order; slides come from the sample sheet.
+
+    ``max_tiles_per_slide`` keeps each slide's first k patches in its features file (HistoSSLscaling's
+    n_tiles: the first 1000 tiles of each slide); single magnification only. None keeps every patch.
 
     ``scales`` None (or only PRIMARY): (N, D) float32 arrays of the primary magnification.
     Otherwise a :class:`PatientBag` per patient with those magnifications (e.g. ("20x", "5x")) and
@@ -102,13 +106,16 @@ def load_patient_bags(
     """
     by_patient = slides.groupby("patient_id")["slide_id"].apply(list).to_dict()
     multi = scales is not None and any(s != PRIMARY for s in scales)
+    if max_tiles_per_slide is not None and (multi or max_tiles_per_slide < 1):
+        raise ValueError(f"experts.max_tiles_per_slide {max_tiles_per_slide}: must be >= 1, and only for single-magnification "
+                         "models (null keeps every patch)")
     bags: list[Bag] = []
     for pid in patient_ids:
         paths = [feature_path[s] for s in sorted(by_patient.get(pid, []))]
         if multi:
             parts = [p for p in (_read_slide(path, list(scales)) for path in paths) if len(p)]
         else:
-            parts = [p for p in (load_features(path) for path in paths) if len(p)]
+            parts = [p[:max_tiles_per_slide] for p in (load_features(path) for path in paths) if len(p)]
         if not parts:
             raise ValueError(f"patient {pid} has no patch features; it should have been excluded at the split stage")
         bags.append(_concat(parts) if multi else np.concatenate(parts).astype(np.float32))

@@ -13,7 +13,8 @@ from typing import Any
 PRIMARY = "primary"  # scale name meaning "the features file's primary magnification", whatever it is
 MIN_COX_BATCH = 16  # the partial likelihood compares each event with the batch's patients still at risk
 LOSS_NAMES = ("nll", "cox")
-MODEL_NAMES = ("abmil", "mean", "max", "transmil", "chowder", "dsmil", "dsca", "crossfusion", "crossfusion_local")
+MODEL_NAMES = ("abmil", "abmil_hssl", "mean", "max", "transmil", "chowder", "dsmil", "dsca", "crossfusion",
+               "crossfusion_local")
 DEFAULT_SCALES: dict[str, tuple[str, ...]] = {  # multi-scale models: fine → coarse
     "dsca": ("20x", "5x"),
     "crossfusion": ("20x", "10x", "5x"),

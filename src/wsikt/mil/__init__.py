@@ -15,6 +15,7 @@ from torch import nn
 
 from wsikt.cohort.bags import Bag
 from wsikt.core.model_facts import PRIMARY, model_scales
+from wsikt.mil.abmil_hssl import ABMILHSSL
 from wsikt.mil.base import (
     Aggregator,
     Batch,
@@ -34,6 +35,7 @@ from wsikt.mil.transmil import TransMIL
 
 REGISTRY: dict[str, Callable[..., Aggregator]] = {
     "abmil": ABMIL,
+    "abmil_hssl": ABMILHSSL,
     "mean": partial(PoolMIL, pool="mean"),
     "max": partial(PoolMIL, pool="max"),
     "transmil": TransMIL,
@@ -147,8 +149,8 @@ def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25, loss
 
 
 __all__ = [
-    "ABMIL", "Aggregator", "Batch", "Chowder", "CrossAttention", "CrossFusion", "CrossFusionLocal", "DSCA", "DSMIL",
-    "Expert", "GatedAttention", "LOSSES", "MODELS", "PRIMARY", "PoolMIL", "REGISTRY", "TransMIL", "build_model",
+    "ABMIL", "ABMILHSSL", "Aggregator", "Batch", "Chowder", "CrossAttention", "CrossFusion", "CrossFusionLocal", "DSCA",
+    "DSMIL", "Expert", "GatedAttention", "LOSSES", "MODELS", "PRIMARY", "PoolMIL", "REGISTRY", "TransMIL", "build_model",
     "has_projection_dropout",
     "masked_softmax", "model_scales", "pack_arrays", "pad_bags",
 ]

@@ -112,6 +112,50 @@ def gather_rows(h: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, tor
     return out * valid.unsqueeze(-1), valid
 
 
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "sigmoid", dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers of widths ``hidden`` each followed by ``activation`` (and Dropout when > 0), then Linear(→out_dim).
+
+    Each hidden layer is one Sequential block (Linear, activation[, Dropout]), so parameter names
+    read ``<i>.0.weight`` for hidden layer i and ``<len(hidden)>.weight`` for the output layer.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation '{activation}' must be one of {', '.join(ACTIVATIONS)} (experts.model_params)")
+    blocks: list[nn.Module] = []
+    width = in_dim
+    for w in hidden:
+        block: list[nn.Module] = [nn.Linear(width, w), ACTIVATIONS[activation]()]
+        if dropout > 0:
+            block.append(nn.Dropout(dropout))
+        blocks.append(nn.Sequential(*block))
+        width = w
+    return nn.Sequential(*blocks, nn.Linear(width, out_dim))
+
+
+class FixedProjection(nn.Module):
+    """A fixed (never trained) linear map D → ``dim`` giving a model whose bag vector is not 512 wide its 512-d embedding.
+
+    D ≤ dim: the identity, zero-padded. D > dim: ``dim`` orthonormal directions drawn once from a
+    seeded Gaussian (an isometry onto a random subspace, Johnson-Lindenstrauss); the matrix is a
+    buffer, so a checkpoint carries it and the global RNG (the model's initialisation) is untouched.
+    """
+
+    def __init__(self, in_dim: int, dim: int = 512, seed: int = 0) -> None:
+        super().__init__()
+        if in_dim <= dim:
+            weight = torch.eye(dim, in_dim)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            q, _ = torch.linalg.qr(torch.randn(in_dim, dim, generator=g))  # (D, dim), orthonormal columns
+            weight = q.T.contiguous()
+        self.register_buffer("weight", weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
 class GatedAttention(nn.Module):
     """Gated attention (Ilse et al.): a = w·(tanh(V h) ⊙ σ(U h)), softmax over the bag's valid instances."""
 

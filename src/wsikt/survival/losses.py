@@ -32,12 +32,19 @@ def nll_loss(hazards: torch.Tensor, bins: torch.Tensor, events: torch.Tensor, al
     return ((1 - alpha) * (censored + uncensored) + alpha * uncensored).mean()
 
 
-def cox_ph_loss(log_risk: torch.Tensor, times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
-    """Negative Cox partial log-likelihood with Breslow ties, mean over the batch's events.
+COX_REDUCTIONS = ("events", "patients")
+
+
+def cox_ph_loss(log_risk: torch.Tensor, times: torch.Tensor, events: torch.Tensor, reduction: str = "events") -> torch.Tensor:
+    """Negative Cox partial log-likelihood with Breslow ties, averaged over the batch's events or patients.
 
     −(1/E) Σ_{i: event} [η_i − log Σ_{j: t_j ≥ t_i} exp η_j]; patients tied with i in time are in
-    its risk set (Breslow). A batch without events gives 0, still attached to the graph.
+    its risk set (Breslow). ``reduction`` 'patients' divides the same sum by the batch size B instead
+    of E (HistoSSLscaling's CoxLoss: a mean over all patients, censored ones adding 0). A batch
+    without events gives 0, still attached to the graph.
     """
+    if reduction not in COX_REDUCTIONS:
+        raise ValueError(f"experts.cox_reduction '{reduction}' must be one of {', '.join(COX_REDUCTIONS)}")
     eta = log_risk.reshape(-1)
     t = times.reshape(-1).to(eta.device)
     e = events.reshape(-1).to(eta.device).bool()
@@ -47,7 +54,8 @@ def cox_ph_loss(log_risk: torch.Tensor, times: torch.Tensor, events: torch.Tenso
         return eta.sum() * 0.0
     at_risk = t[None, :] >= t[e][:, None]  # (E, B): row i's risk set
     log_den = torch.logsumexp(eta[None, :].masked_fill(~at_risk, float("-inf")), dim=1)
-    return -(eta[e] - log_den).mean()
+    total = -(eta[e] - log_den).sum()
+    return total / (int(e.sum()) if reduction == "events" else eta.numel())
 
 
 def log_risk_from_hazards(hazards: torch.Tensor) -> torch.Tensor:

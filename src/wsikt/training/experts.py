@@ -10,9 +10,9 @@ there and moved to ``device`` once.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,9 +24,9 @@ from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival
 from wsikt.survival.metrics import evaluate_fold
 from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
 from wsikt.training.fit import Targets, fit
-from wsikt.training.folds import FitPredict, inner_cv_c, write_fold_outputs
+from wsikt.training.folds import FitPredict, inner_cv_c, inner_cv_curve, write_fold_outputs
 from wsikt.training.gate import life_table_logits, null_gate
-from wsikt.training.settings import NullGate, TrainSettings
+from wsikt.training.settings import HyperGrid, NullGate, TrainSettings
 
 log = logging.getLogger("wsikt.training.experts")
 
@@ -55,19 +55,20 @@ def feature_stats(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
 
 def train_expert(
     bags: Sequence[Bag], bins: np.ndarray, events: np.ndarray, n_bins: int, settings: TrainSettings, device: torch.device,
-    times: np.ndarray | None = None,
+    times: np.ndarray | None = None, on_epoch: Callable[[Expert, int], None] | None = None,
 ) -> tuple[Expert, list[float]]:
     """A new expert trained by the one fit loop, each step one padded, masked forward of its patients.
 
     Returns the model after the last epoch and the mean training loss per epoch. ``times`` (days)
-    are needed by the Cox loss only.
+    are needed by the Cox loss only. ``on_epoch(model, e)`` runs after each epoch e = 1, 2, ….
     """
     model = new_expert(bags, n_bins, settings, device)
 
     def forward(idx: np.ndarray) -> tuple[torch.Tensor, None]:
         return model(model.collate([bags[i] for i in idx], device))["logits"], None
 
-    return model, fit(model, forward, Targets(bins, events, times), settings, device)
+    hook = None if on_epoch is None else (lambda e: on_epoch(model, e))
+    return model, fit(model, forward, Targets(bins, events, times), settings, device, on_epoch=hook)
 
 
 @torch.inference_mode()
@@ -151,6 +152,48 @@ def expert_fit_predict(split: pd.DataFrame, bags: Sequence[Bag], fold: int, sett
     return fit_predict
 
 
+def select_hyperparameters(split: pd.DataFrame, bags: Sequence[Bag], fold: int, settings: TrainSettings, grid: HyperGrid,
+                           device: torch.device) -> tuple[TrainSettings, dict]:
+    """Nested CV on outer fold ``fold``'s training patients: the grid's best settings, and a record of every trial.
+
+    Each combination is trained on each inner fold's training part (its own time bins) and scored
+    on the held-out inner fold (after every epoch when ``grid.epochs``); the best inner score wins,
+    the first combination on a tie. The outer test fold is never read.
+    """
+    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
+    trials = []
+    for params in grid.candidates():
+        s = replace(settings, **params)
+
+        def fit_predict(tr: np.ndarray, va: np.ndarray, s: TrainSettings = s) -> np.ndarray:
+            try:
+                edges = fit_time_bins(times[tr], events[tr], s.bins_kind, s.n_bins, s.bin_width_days)
+            except ValueError as exc:
+                raise ValueError(f"experts.grid inner fold of outer fold {fold}: {exc}; or lower experts.grid.inner_folds") from None
+            val = [bags[i] for i in va]
+            risks: list[np.ndarray] = []
+
+            def score(model: Expert, epoch: int) -> None:
+                if grid.epochs or epoch == s.epochs:
+                    risks.append(expert_risk(model, val, device))
+
+            train_expert([bags[i] for i in tr], assign_bins(times, edges)[tr], events[tr], len(edges) + 1, s, device,
+                         times=times[tr], on_epoch=score)
+            return np.stack(risks)
+
+        curve = inner_cv_curve(split, fold, grid.inner_folds, settings.seed, fit_predict, key="experts.grid.inner_folds",
+                               pooled=grid.score == "pooled")
+        k = int(np.nanargmax(curve)) if np.isfinite(curve).any() else len(curve) - 1
+        trials.append({"params": params, "epochs": k + 1 if grid.epochs else s.epochs, "inner_c": float(curve[k]),
+                       "inner_c_per_epoch": curve.tolist() if grid.epochs else None})
+    best = max(range(len(trials)), key=lambda i: (np.nan_to_num(trials[i]["inner_c"], nan=-np.inf), -i))
+    chosen = {**trials[best]["params"], "epochs": trials[best]["epochs"]}
+    log.info("%s fold %d: grid chose %s (inner C %.3f over %d combinations)", split["cancer"].iloc[0], fold, chosen,
+             trials[best]["inner_c"], len(trials))
+    record = {"inner_folds": grid.inner_folds, "score": grid.score, "select_epochs": grid.epochs, "chosen": chosen, "trials": trials}
+    return replace(settings, **chosen), record
+
+
 def save_expert(path: str | Path, model: Expert, in_dim: int, n_bins: int, inner_edges: np.ndarray, settings: TrainSettings,
                 cancer: str = "", fold: int = -1) -> None:
     """The expert's checkpoint (kind 'expert'), written atomically; it names its (cancer, fold)."""
@@ -184,13 +227,18 @@ def run_expert_fold(
     out_metrics: str | Path,
     device: torch.device,
     gate: NullGate = NullGate(),
+    grid: HyperGrid = HyperGrid(),
 ) -> dict:
     """Train on every fold but ``fold``, predict all patients, write weights, predictions and metrics.
 
     ``split`` rows (patient_id, cancer, time, event, fold) align with ``bags``. Time bins (and, for
     Cox, the Breslow baseline) are fit on the training patients only. With ``gate.inner_folds`` the
     expert becomes the null model unless inner CV on the training patients beats ``gate.min_c``.
+    With ``grid`` enabled, the settings are first chosen by nested CV on the training patients.
     """
+    grid_result = None
+    if grid.enabled:
+        settings, grid_result = select_hyperparameters(split, bags, fold, settings, grid, device)
     train = (split["fold"] != fold).to_numpy()
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
     edges = fit_time_bins(times[train], events[train], settings.bins_kind, settings.n_bins, settings.bin_width_days)
@@ -224,7 +272,7 @@ def run_expert_fold(
         "uno_c_test": ev["uno_c"], "td_auc_test": ev["td_auc"], "ibs_test": ev["ibs"], "ibs_km_test": ev["ibs_km"],
         "eval_times": ev["eval_times"], "td_auc_per_time": ev["td_auc_per_time"], "metrics_reason": ev["reason"],
         "loss_per_epoch": history, "train_settings": asdict(settings), "inner_edges": np.asarray(edges, float).tolist(),
-        "null": bool(gate_result and gate_result["null"]), "null_gate": gate_result,
+        "null": bool(gate_result and gate_result["null"]), "null_gate": gate_result, "grid": grid_result,
     }
     save_expert(out_model, model, primary_features(bags[0]).shape[1], n_bins, edges, settings,
                 cancer=str(split["cancer"].iloc[0]), fold=fold)

@@ -94,12 +94,16 @@ def survival_loss(logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor
     if settings.loss == "cox":
         if times is None:
             raise ValueError("experts.loss 'cox' needs the patients' times: pass Targets(times=...)")
-        return cox_ph_loss(logits[:, 0], times, events)
+        return cox_ph_loss(logits[:, 0], times, events, settings.cox_reduction)
     return nll_loss(torch.sigmoid(logits), bins, events, settings.alpha)
 
 
-def fit(module: nn.Module, forward: StepForward, targets: Targets, settings: TrainSettings, device: torch.device) -> list[float]:
-    """Train ``module`` on ``len(targets.bins)`` patients; returns the mean loss per epoch."""
+def fit(module: nn.Module, forward: StepForward, targets: Targets, settings: TrainSettings, device: torch.device,
+        on_epoch: Callable[[int], None] | None = None) -> list[float]:
+    """Train ``module`` on ``len(targets.bins)`` patients; returns the mean loss per epoch.
+
+    ``on_epoch(e)`` runs after each epoch e = 1, 2, … (e.g. to score the model on validation patients).
+    """
     n = len(targets.bins)
     rng = np.random.default_rng(settings.seed)
     opt = optimizer_for(module, settings.lr, settings.weight_decay, settings.optimizer)
@@ -126,4 +130,6 @@ def fit(module: nn.Module, forward: StepForward, targets: Targets, settings: Tra
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         history.append(total / seen)
+        if on_epoch is not None:
+            on_epoch(len(history))
     return history

@@ -29,15 +29,36 @@ def inner_cv_c(split: pd.DataFrame, fold: int, n_inner: int, seed: int, fit_pred
     patients) because a small cohort's inner validation folds hold too few comparable pairs on
     their own. The outer test fold is never read. ``key`` is the config key of ``n_inner``.
     """
+    return float(inner_cv_curve(split, fold, n_inner, seed, fit_predict, key, pooled=True)[-1])
+
+
+def inner_cv_curve(split: pd.DataFrame, fold: int, n_inner: int, seed: int, fit_predict: FitPredict, key: str,
+                   pooled: bool = True) -> np.ndarray:
+    """Inner-CV Harrell's C for each row of the risks ``fit_predict`` returns ((n_val,) or (E, n_val), e.g. one per epoch).
+
+    ``pooled``: one C over the pooled out-of-fold risks of all training patients (see ``inner_cv_c``);
+    else the mean over inner folds of each fold's own C (HistoSSLscaling's nested CV; folds without a
+    comparable pair are skipped). The outer test fold is never read.
+    """
     inner = inner_folds(split, fold, n_inner, seed, key=key)
     rows = split.index.get_indexer(inner.index)
     labels = inner.to_numpy()
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
-    risk = np.full(len(split), np.nan)
+    risk: np.ndarray | None = None
+    per_fold = []
     for j in range(n_inner):
         tr, va = rows[labels != j], rows[labels == j]
-        risk[va] = fit_predict(tr, va)
-    return harrell_c(times[rows], events[rows], risk[rows])
+        r = np.atleast_2d(np.asarray(fit_predict(tr, va), float))
+        if risk is None:
+            risk = np.full((len(r), len(split)), np.nan)
+        risk[:, va] = r
+        per_fold.append([harrell_c(times[va], events[va], r_e) for r_e in r])
+    assert risk is not None
+    if pooled:
+        return np.array([harrell_c(times[rows], events[rows], r_e[rows]) for r_e in risk])
+    scores = np.array(per_fold, float)  # (n_inner, E)
+    counted = np.isfinite(scores)
+    return np.where(counted.any(0), np.nansum(scores, 0) / np.maximum(counted.sum(0), 1), np.nan)
 
 
 def write_fold_outputs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -34,6 +35,8 @@ class TrainSettings:
     n_bins: int = 32
     bin_width_days: float = 365.0
     loss: str = "nll"  # 'nll' (discrete-time, T outputs) or 'cox' (one log-risk output, ≥16 patients per step)
+    cox_reduction: str = "patients"  # Cox sum over events divided by the step's patients (HistoSSLscaling) or 'events'
+    max_tiles_per_slide: int | None = None  # each slide's first k patches only (HistoSSLscaling: 1000); None = all
     model_params: dict[str, Any] = field(default_factory=dict)  # the aggregator's own hyper-parameters
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class TrainSettings:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"experts.optimizer '{self.optimizer}' must be one of {', '.join(OPTIMIZERS)}")
         check_loss_config(self.loss, self.patients_per_step)
+        if self.cox_reduction not in ("events", "patients"):
+            raise ValueError(f"experts.cox_reduction '{self.cox_reduction}' must be 'events' or 'patients'")
 
     @classmethod
     def from_config(cls, experts: Mapping[str, Any], model: str | None = None) -> "TrainSettings":
@@ -81,3 +86,54 @@ class NullGate:
     def from_config(cls, experts: Mapping[str, Any]) -> "NullGate":
         """From config section ``experts`` (its ``null_gate`` sub-section)."""
         return cls(**experts.get("null_gate", {}))
+
+
+GRID_KEYS = ("lr", "weight_decay", "epochs", "dropout", "alpha", "patients_per_step", "warmup_epochs")
+GRID_SCORES = ("mean", "pooled")
+
+
+@dataclass(frozen=True)
+class HyperGrid:
+    """Nested CV (HistoSSLscaling): each outer fold picks its hyper-parameters by inner CV on its training patients.
+
+    Config key experts.grid. Every combination of ``params`` (values for experts.* keys) is trained
+    on each of ``inner_folds`` inner folds and scored on the held-out inner fold; with ``epochs``
+    the epoch count is chosen too (the epoch with the best inner score, at most experts.epochs).
+    The best combination is retrained on the whole training fold. Empty ``params`` and no
+    ``epochs`` = no search (the experts.* values as given).
+    """
+
+    params: dict[str, list[Any]] = field(default_factory=dict)
+    inner_folds: int = 5
+    epochs: bool = False
+    score: str = "mean"  # 'mean': mean of each inner fold's C (HistoSSLscaling); 'pooled': one C over pooled risks
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.params) - set(GRID_KEYS))
+        if unknown:
+            raise ValueError(f"experts.grid.params {unknown} cannot be searched: use keys among {', '.join(GRID_KEYS)}")
+        empty = sorted(k for k, v in self.params.items() if not isinstance(v, (list, tuple)) or not v)
+        if empty:
+            raise ValueError(f"experts.grid.params {empty} need a non-empty list of values each")
+        if self.epochs and "epochs" in self.params:
+            raise ValueError("experts.grid.epochs picks the epoch count itself: drop 'epochs' from experts.grid.params")
+        if self.inner_folds < 2:
+            raise ValueError(f"experts.grid.inner_folds {self.inner_folds} leaves no patient to validate on: use at least 2")
+        if self.score not in GRID_SCORES:
+            raise ValueError(f"experts.grid.score '{self.score}' must be one of {', '.join(GRID_SCORES)}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.params) or self.epochs
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """Every combination of ``params``, in config order (the first wins a tie)."""
+        keys = list(self.params)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.params[k] for k in keys))]
+
+    @classmethod
+    def from_config(cls, experts: Mapping[str, Any]) -> "HyperGrid":
+        """From config section ``experts`` (its ``grid`` sub-section)."""
+        grid = dict(experts.get("grid", {}))
+        grid["params"] = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in dict(grid.get("params", {})).items()}
+        return cls(**grid)
