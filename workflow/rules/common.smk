@@ -190,6 +190,12 @@ ROUPKT_TARGETS = (
     if config["roupkt"]["targets"] == "all"
     else sorted(config["roupkt"]["targets"])
 )
+_pooled = [t for t in ROUPKT_TARGETS if t in GROUPS.group_of and t not in CANCERS]
+if _pooled and CANCERS:
+    raise ConfigError(
+        f"config: roupkt.targets names {_pooled[0]}, which cancer_groups pools into "
+        f"{GROUPS.group_of[_pooled[0]]}; name the group instead"
+    )
 SLIDE_PATHS = dict(zip(SAMPLES["slide_id"], SAMPLES["path"]))
 if SPLITS.strategy == "files":
     for _cancer in CANCERS:

@@ -156,7 +156,7 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
     return dict(
         endpoint=settings.endpoint, endpoint_name=ENDPOINTS.get(settings.endpoint, settings.endpoint),
         encoder=settings.encoder, model=settings.model, release=data_release(settings.config), n_folds=data.n_folds,
-        splits=split_text(settings.config), cancer_groups=settings.config.get("cancer_groups") or {},
+        splits=split_text(settings.config), cancer_groups=CancerGroups.from_config(settings.config.get("cancer_groups")).groups,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         totals={"patients": int(cohort["patients"].sum()) if len(cohort) else 0,
                 "slides": int(cohort["slides"].sum()) if len(cohort) else 0, "cancers": len(cohort)},
