@@ -360,3 +360,19 @@ def test_finetuned_matrix_is_shown_beside_the_zero_shot_one_when_present(built, 
     for method, value in (("head", 0.61), ("all", 0.72)):
         cells = re.findall(r'data-c="(\d\.\d+)"', _table(page, f"finetuned-{method}"))
         assert len(cells) == len(off) and {float(c) for c in cells} == {value}
+def test_page_states_the_split_strategy_and_counts_pooled_projects_as_one_cancer(built, tmp_path):
+    """splits.strategy is named in the run facts; a cancer_groups member's slides count under its group."""
+    _, args, _, html, _ = built
+    assert "folds stratified by event" in html.split('id="split-strategy">')[1].split("</dd>")[0]
+    samples = pd.read_csv(args["inputs"].samples, sep="\t")
+    own = int((samples["cancer"] == "AAA").sum())
+    samples.loc[samples.index[samples["cancer"] == "AAA"][::2], "cancer"] = "AAP"  # half of AAA's slides: another project
+    samples.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    config = {**args["settings"].config, "cancer_groups": {"AAA": ["TCGA-AAA", "TCGA-AAP"]},
+              "experts": {"folds": 3}, "splits": {"strategy": "site"}}
+    numbers = build_report(replace(args["inputs"], samples=tmp_path / "samples.tsv"), ReportOutputs(tmp_path / "i.html"),
+                           replace(args["settings"], config=config))
+    assert numbers["cohort"].set_index("cancer").at["AAA", "slides"] == own
+    page = (tmp_path / "i.html").read_text()
+    assert page.split('id="split-strategy">')[1].split("</dd>")[0].startswith("3-fold patient-level cross-validation with site-preserved folds")
+    assert "AAA = AAA + AAP" in page

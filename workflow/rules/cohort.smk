@@ -1,4 +1,5 @@
-# The cohort for modelling: labels from the clinical table, patient-level splits, and one bag index
+# The cohort for modelling: labels from the clinical table, patient-level splits (config section
+# splits: stratified, site-preserved, external cohort or a paper's fold files), and one bag index
 # per cancer that lists (and checks) its feature files for every model rule downstream. Slide lists
 # reach rules as params (not the sample sheet as input): a new slide reruns its cancer only.
 
@@ -19,6 +20,7 @@ rule build_labels:
         endpoint="{endpoint}",
         cancer="{cancer}",
         slides=get_cancer_slides,
+        types=get_clinical_types,
     script:
         "../scripts/build_labels.py"
 
@@ -27,6 +29,7 @@ rule make_splits:
     input:
         labels=PATH["labels"],
         patches=get_cancer_patches,
+        fold_files=get_fold_files,
     output:
         split=PATH["split"],
         excluded="results/splits/{endpoint}/{cancer}.excluded.tsv",
@@ -40,6 +43,9 @@ rule make_splits:
         slides=get_cancer_slides,
         folds=config["experts"]["folds"],
         seed=config["experts"]["seed"],
+        splits=config["splits"],
+        sites=get_cancer_sites,
+        cohorts=get_cancer_cohorts,
     script:
         "../scripts/make_splits.py"
 

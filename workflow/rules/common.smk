@@ -14,7 +14,11 @@ from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
 from wsikt.acquire.tcga_cdr import names_tcga_cdr
+from wsikt.cohort.groups import CancerGroups
 from wsikt.cohort.screen import read_clinical_cached, screen_cancers
+from wsikt.cohort.site_splits import patient_sites
+from wsikt.cohort.split_files import check_fold_file_count, fold_file_paths
+from wsikt.cohort.split_settings import SplitSettings
 from wsikt.config.validate import (
     ConfigError,
     check_folds,
@@ -51,20 +55,28 @@ def check_settings():
             BaselineSettings.from_config(section, method=m)
             for m in section["methods"] or ["head"]
         ],
+        "cancer_groups": CancerGroups.from_config,
+        "splits": SplitSettings.from_config,
     }
+    built = {}
     for key, build in builders.items():
         try:
-            build(config[key])
+            built[key] = build(config[key])
         except ValueError as exc:
             raise ConfigError(f"config: {exc}") from None
+    return built
 
 
-check_settings()
+SETTINGS = check_settings()
+GROUPS, SPLITS = SETTINGS["cancer_groups"], SETTINGS["splits"]
 
 ENCODER = config["features"]["encoder"]
 MODEL = config["experts"]["model"]
 ENDPOINT = config["endpoint"]
-FOLDS = list(range(config["experts"]["folds"]))
+FOLDS = list(
+    range(SPLITS.n_folds(config["experts"]["folds"]))
+)  # one (fold 0) for splits.strategy external
+MIN_PATIENTS = SPLITS.min_patients(config["experts"]["folds"])
 TRANSFER = "results/transfer/{encoder}/{model}/{endpoint}"  # transfer, roupkt and baselines rules write here
 # Files named by several rules: each path pattern is written once, here.
 PATH = {
@@ -138,8 +150,14 @@ if USER_SLIDES and not config["features"]["ingest"]:
         logger.warning(f"... and {len(_missing) - 10} more missing slide files")
     MISSING_SLIDES = dict(zip(_missing["slide_id"], _missing["path"]))
 
+# cancer_groups: member projects become their group's cancer for every rule below (the sheet keeps them)
+SAMPLES = GROUPS.apply(SAMPLES, SAMPLES_TSV)
 if not SAMPLES.empty:
-    check_folds(SAMPLES, config["experts"]["folds"], SAMPLES_TSV)
+    check_folds(SAMPLES, MIN_PATIENTS, SAMPLES_TSV)
+try:
+    SPLITS.check_sheet(SAMPLES, config["experts"]["folds"], SAMPLES_TSV)
+except ValueError as exc:
+    raise ConfigError(str(exc)) from None
 
 if config["demo"]["enabled"]:
     from wsikt.acquire.demo_cohort import clinical_table
@@ -159,7 +177,12 @@ EXCLUDED_CANCERS = (
     {}
     if CLINICAL_TABLE is None or SAMPLES.empty
     else screen_cancers(
-        SAMPLES, CLINICAL_TABLE, ENDPOINT, config["experts"]["folds"], str(CLINICAL)
+        SAMPLES,
+        CLINICAL_TABLE,
+        ENDPOINT,
+        MIN_PATIENTS,
+        str(CLINICAL),
+        GROUPS.types_by_cancer(SAMPLES["cancer"].unique()),
     )
 )
 for _cancer, _why in EXCLUDED_CANCERS.items():
@@ -174,7 +197,19 @@ ROUPKT_TARGETS = (
     if config["roupkt"]["targets"] == "all"
     else sorted(config["roupkt"]["targets"])
 )
+_pooled = [t for t in ROUPKT_TARGETS if t in GROUPS.group_of and t not in CANCERS]
+if _pooled and CANCERS:
+    raise ConfigError(
+        f"config: roupkt.targets names {_pooled[0]}, which cancer_groups pools into "
+        f"{GROUPS.group_of[_pooled[0]]}; name the group instead"
+    )
 SLIDE_PATHS = dict(zip(SAMPLES["slide_id"], SAMPLES["path"]))
+if SPLITS.strategy == "files":
+    for _cancer in CANCERS:
+        try:
+            check_fold_file_count(SPLITS.files, _cancer, config["experts"]["folds"])
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
 FEATURE_BATCHES = plan_batches(SLIDES_BY_CANCER, config["features"]["slides_per_job"])
 
 # shell: rules run `python -m wsikt.cli`: that `python` is Snakemake's own interpreter, as for
@@ -229,6 +264,33 @@ def get_cancer_slides(wildcards):
     """Slide id → patient id for one cancer (a param: adding a slide reruns only its cancer)."""
     rows = SAMPLES[SAMPLES["cancer"] == wildcards.cancer]
     return dict(zip(rows["slide_id"], rows["patient_id"]))
+
+
+def get_clinical_types(wildcards):
+    """The clinical table's type values one cancer accepts: its own, or its group's projects (cancer_groups)."""
+    return GROUPS.clinical_types(wildcards.cancer)
+
+
+def get_cancer_sites(wildcards):
+    """Patient → tissue-source site of one cancer (splits.strategy site), else {}."""
+    if SPLITS.strategy != "site":
+        return {}
+    return patient_sites(SAMPLES[SAMPLES["cancer"] == wildcards.cancer], SAMPLES_TSV)
+
+
+def get_cancer_cohorts(wildcards):
+    """Patient → cohort of one cancer (splits.strategy external), else {}."""
+    if SPLITS.strategy != "external":
+        return {}
+    rows = SAMPLES[SAMPLES["cancer"] == wildcards.cancer]
+    return dict(zip(rows["patient_id"], rows["cohort"]))
+
+
+def get_fold_files(wildcards):
+    """One cancer's fold files, fold order (splits.strategy files), else none."""
+    if SPLITS.strategy != "files":
+        return []
+    return fold_file_paths(SPLITS.files, wildcards.cancer, config["experts"]["folds"])
 
 
 def get_cancer_patches(wildcards):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import pandas as pd
 
@@ -64,12 +65,15 @@ def event_codes(values: pd.Series, column: str, source: str = "clinical") -> pd.
     return pd.Series([float("nan") if c is None else c for c in codes], index=values.index, dtype=float)
 
 
-def build_labels(clinical: pd.DataFrame, samples: pd.DataFrame, endpoint: str, source: str = "clinical") -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_labels(clinical: pd.DataFrame, samples: pd.DataFrame, endpoint: str, source: str = "clinical",
+                 types: Mapping[str, Iterable[str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Labels (patient_id, cancer, time, event) for sample-sheet patients, and exclusions with reasons.
 
     Nothing is guessed: a patient without a clinical row, with a missing or negative time or
     event, or whose cancer disagrees with the sample sheet, is listed in the exclusions. Text event
     codings ("Dead"/"Alive", cBioPortal's "1:DECEASED") are mapped; an unknown coding raises.
+    ``types``: cancer → the clinical ``type`` values it accepts (a pooled cancer's projects,
+    ``CancerGroups.clinical_types``); a cancer not in it accepts its own name only.
     """
     if endpoint not in ENDPOINTS:
         raise ValueError(f"endpoint '{endpoint}' (config key 'endpoint') must be one of {ENDPOINTS}")
@@ -85,6 +89,7 @@ def build_labels(clinical: pd.DataFrame, samples: pd.DataFrame, endpoint: str, s
     events = event_codes(clin[endpoint], endpoint, source)
     times = pd.to_numeric(clin[tcol], errors="coerce")
     dups = set(clinical.loc[dup, "bcr_patient_barcode"])
+    accepted = {str(c): {str(t) for t in ts} for c, ts in (types or {}).items()}
     for pid, cancer in patients.itertuples(index=False):
         if pid in dups:
             excluded.append((pid, cancer, "several clinical rows"))
@@ -93,7 +98,7 @@ def build_labels(clinical: pd.DataFrame, samples: pd.DataFrame, endpoint: str, s
             excluded.append((pid, cancer, "no clinical row"))
             continue
         kind = clin.at[pid, "type"]
-        if str(kind) != str(cancer):
+        if str(kind) not in accepted.get(cancer, (str(cancer),)):
             excluded.append((pid, cancer, f"clinical type {kind} differs from sample sheet"))
             continue
         event, time = events.at[pid], times.at[pid]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import pandas as pd
 
@@ -38,13 +39,13 @@ def read_clinical_cached(path: str | Path, cache_dir: str | Path) -> pd.DataFram
 
 
 def screen_cancers(samples: pd.DataFrame, clinical: pd.DataFrame, endpoint: str, folds: int,
-                   source: str = "clinical") -> dict[str, str]:
+                   source: str = "clinical", types: Mapping[str, Iterable[str]] | None = None) -> dict[str, str]:
     """Cancers to leave out before any job, each with its reason: no event among its labelled patients.
 
     A cancer whose labelled patients cannot fill ``folds`` raises ConfigError naming the cancer, its
-    counts and the config key (labels are built as the labels rule builds them).
+    counts and the config key (labels are built as the labels rule builds them; ``types`` as there).
     """
-    labels, excluded = build_labels(clinical, samples, endpoint, source)
+    labels, excluded = build_labels(clinical, samples, endpoint, source, types)
     sheet = samples.groupby("cancer")["patient_id"].nunique()
     out: dict[str, str] = {}
     for cancer, n_sheet in sheet.items():

@@ -1,11 +1,21 @@
-"""Patient-level K-fold splits, stratified by event (and time where counts allow), from a seed."""
+"""Patient-level test folds: K folds stratified by event (and time where counts allow), from a seed; the
+external split; and the inner folds of nested CV. Site-preserved folds: ``site_splits``; a paper's
+fold files: ``split_files``. A split's ``fold`` is each patient's test fold; −1 marks a patient that
+trains in every fold and is never tested (external mode's training cohorts, fold files' train-only
+patients), so every rule reads fold k's training set as ``fold != k``.
+"""
 
 from __future__ import annotations
 
 import warnings
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+
+from wsikt.cohort.site_splits import site_folds
+
+TRAIN_ONLY = -1  # the fold of a patient that is never tested
 
 
 def _strata(df: pd.DataFrame, n_folds: int) -> np.ndarray | None:
@@ -54,12 +64,36 @@ def make_splits(patients: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.
     return df
 
 
+def make_external_splits(patients: pd.DataFrame, cohorts: Mapping[str, str], test_cohorts: Iterable[str]) -> pd.DataFrame:
+    """One test fold (0) of the patients of ``test_cohorts``; everyone else trains (fold −1) and is never tested.
+
+    ``cohorts``: patient → cohort (the sample sheet's ``cohort`` column). A cancer without a test
+    or a training patient raises ValueError naming the cancer and the fix.
+    """
+    df = patients.sort_values("patient_id").reset_index(drop=True).copy()
+    cancer = str(df["cancer"].iloc[0]) if "cancer" in df and len(df) else "?"
+    tests = {str(c) for c in test_cohorts}
+    df["cohort"] = [cohorts.get(str(p)) for p in df["patient_id"]]
+    if df["cohort"].isna().any():
+        pid = df.loc[df["cohort"].isna(), "patient_id"].iloc[0]
+        raise ValueError(f"cancer {cancer}: patient {pid} has no cohort; fill the sample sheet's 'cohort' column")
+    is_test = df["cohort"].isin(tests).to_numpy()
+    for n, what in ((is_test.sum(), f"test cohort(s) {sorted(tests)}"), ((~is_test).sum(), "training cohort")):
+        if n == 0:
+            raise ValueError(f"cancer {cancer}: no labelled patient with patches in its {what}; "
+                             "add patients to it or drop the cancer (splits.strategy external)")
+    df["fold"] = np.where(is_test, 0, TRAIN_ONLY)
+    return df
+
+
 def inner_folds(split_df: pd.DataFrame, outer_fold: int, n_inner: int = 5, seed: int = 42,
                 key: str = "baselines.inner_folds") -> pd.Series:
     """Nested CV: inner folds in [0, n_inner) for the training patients of one outer fold only.
 
     Stratified like ``make_splits`` (the time-half median is the training patients' own), so
-    hyper-parameters can be chosen without the outer test fold. Returns a Series named
+    hyper-parameters can be chosen without the outer test fold; site-preserved (``site_splits``)
+    when the split has a ``site`` column and the training patients span ≥ n_inner sites, else
+    stratified. Returns a Series named
     ``inner_fold`` indexed like the training rows of ``split_df`` (the outer fold's test patients
     are absent); deterministic for a given seed and patient set. ``key`` is the config key that
     sets ``n_inner``, named in the error when the training fold is too small.
@@ -72,5 +106,9 @@ def inner_folds(split_df: pd.DataFrame, outer_fold: int, n_inner: int = 5, seed:
             f"outer fold {outer_fold}: {len(train)} training patients cannot fill {n_inner} inner folds; "
             f"lower {key}"
         )
-    folds = _assign_folds(train.reset_index(drop=True), n_inner, seed)
+    train_rows = train.reset_index(drop=True)
+    if "site" in train_rows and train_rows["site"].nunique() >= n_inner:
+        folds = site_folds(train_rows["site"], train_rows["event"], n_inner, seed, key=key)
+    else:
+        folds = _assign_folds(train_rows, n_inner, seed)
     return pd.Series(folds, index=train.index, name="inner_fold").reindex(split_df.index[split_df["fold"] != outer_fold])

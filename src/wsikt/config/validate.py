@@ -93,7 +93,7 @@ def _one_line(err: jsonschema.ValidationError, source: str) -> str:
 
 
 SAMPLE_COLUMNS = ("slide_id", "patient_id", "cancer", "path")
-_TEXT_COLUMNS = ("slide_id", "patient_id", "cancer", "path", "file_id", "file_name", "md5")
+_TEXT_COLUMNS = ("slide_id", "patient_id", "cancer", "path", "file_id", "file_name", "md5", "site", "cohort")
 
 
 def read_samples(path: str | Path, schema_path: str | Path) -> pd.DataFrame:

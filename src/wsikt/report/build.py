@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from wsikt.cohort.groups import CancerGroups
+from wsikt.cohort.split_settings import SplitSettings
 from wsikt.core.io import atomic_path, write_text, write_tsv
 from wsikt.report.data import (
     b64,
@@ -131,7 +133,8 @@ def report_data(inputs: ReportInputs, settings: ReportSettings) -> ReportData:
     """Read the result files and compute the report's tables (bootstrap CIs, risk groups, cohort)."""
     summary = pd.read_csv(inputs.summary, sep="\t")
     matrix = pd.read_csv(inputs.matrix, sep="\t")
-    samples = pd.read_csv(inputs.samples, sep="\t", dtype={"slide_id": str, "patient_id": str})
+    samples = pd.read_csv(inputs.samples, sep="\t", dtype={"slide_id": str, "patient_id": str, "cancer": str})
+    samples = CancerGroups.from_config(settings.config.get("cancer_groups")).apply(samples, str(inputs.samples))
     exclusions = read_exclusions(inputs.excluded)
     metrics, groups = expert_metrics(load_fold_predictions(inputs.predictions), n_boot=settings.n_boot, seed=settings.seed)
     qc_groups, n_qc = sample_qc(inputs.qc, samples, settings.max_qc)
@@ -144,6 +147,12 @@ def report_data(inputs: ReportInputs, settings: ReportSettings) -> ReportData:
         runtime=runtime, n_folds=int(summary["folds"].max()) if len(summary) else 0,
         finetuned=read_finetuned_matrix(inputs.finetuned) if inputs.finetuned else None,
     )
+
+
+def split_text(config: dict) -> str:
+    """How the test folds were made (config section splits), in one phrase for the page."""
+    folds = int(config.get("experts", {}).get("folds", 5))
+    return SplitSettings.from_config(config.get("splits") or {}).describe(folds)
 
 
 def report_figures(data: ReportData, endpoint: str) -> dict[str, bytes]:
@@ -159,6 +168,7 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
     return dict(
         endpoint=settings.endpoint, endpoint_name=ENDPOINTS.get(settings.endpoint, settings.endpoint),
         encoder=settings.encoder, model=settings.model, release=data_release(settings.config), n_folds=data.n_folds,
+        splits=split_text(settings.config), cancer_groups=CancerGroups.from_config(settings.config.get("cancer_groups")).groups,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         totals={"patients": int(cohort["patients"].sum()) if len(cohort) else 0,
                 "slides": int(cohort["slides"].sum()) if len(cohort) else 0, "cancers": len(cohort)},

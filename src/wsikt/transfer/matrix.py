@@ -28,7 +28,7 @@ def zero_shot_rows(risks: dict[ExpertKey, np.ndarray], split: pd.DataFrame, targ
     times, events, folds = split["time"].to_numpy(float), split["event"].to_numpy(int), split["fold"].to_numpy(int)
     rows = []
     for (source, sfold), risk in sorted(risks.items()):
-        for tfold in sorted(np.unique(folds)):
+        for tfold in sorted(np.unique(folds[folds >= 0])):  # −1: trains in every fold, never tested
             if source == target and tfold != sfold:
                 continue
             test = folds == tfold
@@ -49,7 +49,7 @@ def training_rows(risks: dict[ExpertKey, np.ndarray], split: pd.DataFrame, targe
     for (source, sfold), risk in sorted(risks.items()):
         if source == target:
             continue
-        for tfold in sorted(np.unique(folds)):
+        for tfold in sorted(np.unique(folds[folds >= 0])):  # −1: trains in every fold, never tested
             train = folds != tfold
             rows.append({"source": source, "source_fold": int(sfold), "target": target, "target_fold": int(tfold),
                          "c_index": harrell_c(times[train], events[train], risk[train]),
