@@ -360,6 +360,8 @@ def test_finetuned_matrix_is_shown_beside_the_zero_shot_one_when_present(built, 
     for method, value in (("head", 0.61), ("all", 0.72)):
         cells = re.findall(r'data-c="(\d\.\d+)"', _table(page, f"finetuned-{method}"))
         assert len(cells) == len(off) and {float(c) for c in cells} == {value}
+
+
 def test_page_states_the_split_strategy_and_counts_pooled_projects_as_one_cancer(built, tmp_path):
     """splits.strategy is named in the run facts; a cancer_groups member's slides count under its group."""
     _, args, _, html, _ = built
