@@ -54,6 +54,10 @@ class FeatureSettings:
         """Colour normalisation named and consistent (torch-free: checked when the workflow parses)."""
         check_color_norm(self.color_norm, self.color_norm_reference)
 
+    def kwargs(self) -> dict[str, Any]:
+        """As keyword arguments of ``extract_slides``."""
+        return asdict(self)
+
 
 def check_color_norm(method: str, reference: str | None) -> None:
     """``features.color_norm`` is a known method, and a reference image only comes with a method that uses it."""
@@ -62,7 +66,3 @@ def check_color_norm(method: str, reference: str | None) -> None:
     if method == "none" and reference is not None:
         raise ValueError("features.color_norm_reference is set but features.color_norm is 'none'; "
                          "set color_norm: macenko or remove the reference")
-
-    def kwargs(self) -> dict[str, Any]:
-        """As keyword arguments of ``extract_slides``."""
-        return asdict(self)
