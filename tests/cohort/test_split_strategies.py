@@ -10,7 +10,6 @@ from wsikt.cohort.site_splits import make_site_splits, patient_sites, site_folds
 from wsikt.cohort.split_files import check_fold_file_count, fold_file_paths, read_fold_file, splits_from_files
 from wsikt.cohort.split_settings import SplitSettings, split_patients
 from wsikt.cohort.splits import inner_folds, make_external_splits
-from wsikt.report.build import split_text
 from wsikt.transfer.matrix import training_rows, zero_shot_rows
 
 
@@ -200,13 +199,10 @@ def test_fold_file_pattern_and_count_match_experts_folds(tmp_path):
         SplitSettings(files=pattern)
 
 
-def test_split_patients_dispatches_and_the_report_names_the_strategy(tmp_path):
+def test_split_patients_dispatches_by_strategy():
     cohort = _tcga_cohort(seed=6)
     sites = {p: tcga_site(p) for p in cohort["patient_id"]}
     split, left = split_patients(SplitSettings(strategy="site"), cohort, 5, 42, sites=sites)
     assert list(split.columns) == ["patient_id", "cancer", "time", "event", "fold", "site"] and left.empty
     plain, _ = split_patients(SplitSettings(), cohort, 5, 42)
     assert "site" not in plain and plain["fold"].nunique() == 5
-    assert "site-preserved" in split_text({"experts": {"folds": 5}, "splits": {"strategy": "site"}})
-    assert "testing on that external cohort" in split_text({"splits": {"strategy": "external", "test_cohorts": ["CPTAC"]}})
-    assert split_text({}) == "5-fold patient-level cross-validation (folds stratified by event)"

@@ -378,3 +378,14 @@ def test_page_states_the_split_strategy_and_counts_pooled_projects_as_one_cancer
     page = (tmp_path / "i.html").read_text()
     assert page.split('id="split-strategy">')[1].split("</dd>")[0].startswith("3-fold patient-level cross-validation with site-preserved folds")
     assert "AAA = AAA + AAP" in page
+
+
+def test_split_text_names_each_strategy():
+    from wsikt.report.build import split_text
+
+    assert split_text({}) == "5-fold patient-level cross-validation (folds stratified by event)"
+    assert "with site-preserved folds" in split_text({"experts": {"folds": 4}, "splits": {"strategy": "site"}})
+    assert split_text({"splits": {"strategy": "external", "test_cohorts": ["CPTAC"]}}) == (
+        "training on every cohort but CPTAC and testing on that external cohort (one fold)")
+    assert "on the given fold files (s/{cancer}_{fold}.csv)" in split_text(
+        {"splits": {"strategy": "files", "files": "s/{cancer}_{fold}.csv"}})

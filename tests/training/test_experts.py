@@ -335,3 +335,28 @@ def test_grid_settings_reject_what_cannot_be_searched():
                      ({"params": {"epochs": [2]}, "epochs": True}, "experts.grid.epochs"), ({"inner_folds": 1}, "inner_folds")):
         with pytest.raises(ValueError, match=key):
             HyperGrid.from_config({"grid": bad})
+
+
+def test_external_split_trains_on_the_training_cohort_only(tmp_path):
+    """splits.strategy external: fold 0 is the external cohort, the rest (fold −1) train; the expert,
+    its null gate's inner CV and its training metrics never read the external cohort's labels."""
+    from support.transfer_cohort import poison_test_labels
+
+    from wsikt.cohort.splits import make_external_splits
+
+    split, bags = _split(36)
+    cohorts = {p: ("EXT" if i % 4 == 0 else "TCGA") for i, p in enumerate(split["patient_id"])}
+    external = make_external_splits(split.drop(columns="fold"), cohorts, ["EXT"]).set_index("patient_id").loc[split["patient_id"]]
+    external = external.reset_index()  # bag order kept
+    settings = TrainSettings(model="abmil", lr=1e-3, epochs=3, feature_norm="standardize", n_bins=8)
+    gate = NullGate(inner_folds=3, min_c=0.55)
+    runs = []
+    for name, table in (("clean", external), ("poisoned", poison_test_labels(external, 0))):
+        paths = [tmp_path / name / f for f in ("m.pt", "p.tsv", "m.json")]
+        metrics = run_expert_fold(table, bags, 0, settings, *paths, CPU, gate=gate)
+        runs.append((metrics, pd.read_csv(paths[1], sep="\t", dtype={"patient_id": str})))
+    (clean, preds), (poisoned, preds_poisoned) = runs
+    is_ext = preds["patient_id"].map(cohorts) == "EXT"
+    assert set(preds.loc[is_ext, "split"]) == {"test"} and set(preds.loc[~is_ext, "split"]) == {"train"}
+    np.testing.assert_array_equal(preds["risk"].to_numpy(), preds_poisoned["risk"].to_numpy())
+    assert clean["c_index_train"] == poisoned["c_index_train"] and clean["c_index_test"] != poisoned["c_index_test"]
