@@ -45,6 +45,7 @@ def check_settings():
             TrainSettings.from_config(section),
             NullGate.from_config(section),
         ),
+        "roupkt": lambda section: NullGate.from_config(section, key="roupkt"),  # RoupktSettings would import torch
     }
     for key, build in builders.items():
         try:
