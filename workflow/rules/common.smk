@@ -27,6 +27,7 @@ from wsikt.config.validate import (
 from wsikt.features.batches import plan_batches
 from wsikt.features.settings import FeatureSettings, feature_params
 from wsikt.preprocess.settings import PatchSettings, patch_params
+from wsikt.stats.settings import StatsSettings
 from wsikt.training.settings import NullGate, TrainSettings
 
 SCHEMAS = Path(workflow.current_basedir) / ".." / "schemas"
@@ -45,7 +46,10 @@ def check_settings():
             TrainSettings.from_config(section),
             NullGate.from_config(section),
         ),
-        "roupkt": lambda section: NullGate.from_config(section, key="roupkt"),  # RoupktSettings would import torch
+        "roupkt": lambda section: NullGate.from_config(
+            section, key="roupkt"
+        ),  # RoupktSettings would import torch
+        "stats": StatsSettings.from_config,
     }
     for key, build in builders.items():
         try:

@@ -18,7 +18,15 @@ from typing import Sequence
 
 import numpy as np
 
-from wsikt.survival.metrics import BOOT_SEED, N_BOOT, TIED_TOL, BootstrapCI, bootstrap_ci, bootstrap_means, concordance_resampled
+from wsikt.survival.metrics import (
+    BOOT_SEED,
+    N_BOOT,
+    TIED_TOL,
+    BootstrapCI,
+    bootstrap_ci,
+    bootstrap_means,
+    concordance_resampled,
+)
 
 N_PERM = 1000
 _PERM_BLOCK = 4_000_000  # elements of one (permutations × events × patients) block

@@ -45,8 +45,8 @@ from wsikt.core.io import write_tsv
 from wsikt.mil import ABMIL, pad_bags
 from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival, survival_curve
 from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
-from wsikt.training.fit import Targets, fit
 from wsikt.training.experts import life_table_logits
+from wsikt.training.fit import Targets, fit
 from wsikt.training.folds import inner_cv_c, write_fold_outputs
 from wsikt.training.settings import NullGate, TrainSettings
 from wsikt.transfer.embedding_cache import ExpertKey, cache_keys, key_name, stack_embeddings
