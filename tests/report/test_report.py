@@ -27,6 +27,9 @@ from wsikt.report.metrics import (
     load_fold_predictions,
     risk_groups,
 )
+from wsikt.formats.stats_tables import read_stats_table, write_stats_table
+from wsikt.stats.settings import StatsSettings
+from wsikt.stats.tables import chance_table, compare_table, matrix_cells, matrix_ci_table
 from wsikt.survival.metrics import survival_at
 
 ENC, MODEL, EP = "enc", "abmil", "OS"
@@ -97,8 +100,25 @@ def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds
     (r / f"experts/{ENC}/{MODEL}/{EP}").mkdir(parents=True, exist_ok=True)
     pd.DataFrame(summary).to_csv(r / f"experts/{ENC}/{MODEL}/{EP}/summary.tsv", sep="\t", index=False)
     names = [c for c, _ in cancers]
-    matrix = pd.DataFrame([{"source": s, "target": t, "c_index_mean": float(rng.uniform(0.3, 0.8)),
-                            "c_index_sd": float(rng.uniform(0.01, 0.1)), "n": folds * folds} for s in names for t in names])
+    # zero-shot risks of every (source, fold) expert on every target: own expert and the others rank by
+    # −log time, except AAA's experts, which rank BBB backwards (below chance)
+    stats_dir = r / f"stats/{ENC}/{MODEL}/{EP}"
+    stats_dir.mkdir(parents=True)
+    cells = {}
+    for t, split in zip(names, splits):
+        sp = pd.read_csv(split, sep="\t")
+        sign = {s: -1.0 if (s, t) == ("AAA", "BBB") else 1.0 for s in names}
+        risks = {(s, k): -sign[s] * np.log(sp["time"].to_numpy()) + rng.normal(scale=1.5, size=len(sp))
+                 for s in names for k in range(folds)}
+        cells[t] = matrix_cells(sp, risks)
+    stats_settings = StatsSettings(chance_permutations=300, n_boot=200)
+    matrix_ci = matrix_ci_table(cells, stats_settings)
+    write_stats_table(matrix_ci, "matrix_ci", stats_dir / "matrix_ci.tsv")
+    matrix = matrix_ci[["source", "target", "c_index_mean"]].assign(c_index_sd=rng.uniform(0.01, 0.1, len(matrix_ci)),
+                                                                    n=folds * folds)
+    chance = chance_table({"expert": preds}, stats_settings)
+    write_stats_table(chance, "chance", stats_dir / "chance.tsv")
+    write_stats_table(compare_table({"expert": preds}, stats_settings, chance), "compare", stats_dir / "compare.tsv")
     (r / f"transfer/{ENC}/{MODEL}/{EP}").mkdir(parents=True)
     matrix.to_csv(r / f"transfer/{ENC}/{MODEL}/{EP}/matrix.tsv", sep="\t", index=False)
     pd.DataFrame(samples).to_csv(root / "samples.tsv", sep="\t", index=False)
@@ -110,6 +130,7 @@ def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds
     inputs = ReportInputs(
         summary=r / f"experts/{ENC}/{MODEL}/{EP}/summary.tsv", matrix=r / f"transfer/{ENC}/{MODEL}/{EP}/matrix.tsv",
         splits=splits, samples=root / "samples.tsv", excluded=excl, qc=qc, predictions=preds, benchmarks=r / "benchmarks",
+        chance=stats_dir / "chance.tsv", compare=stats_dir / "compare.tsv", matrix_ci=stats_dir / "matrix_ci.tsv",
     )
     settings = ReportSettings(config={"endpoint": EP, "demo": {"enabled": True, "seed": 7}, "report": {"max_qc_images": 5}},
                               endpoint=EP, encoder=ENC, model=MODEL, max_qc=5)
@@ -345,3 +366,73 @@ def test_report_in_a_real_browser(built, tmp_path):
     root, _, html_path, html, _ = built
     shot = check_in_browser(html_path, tmp_path)
     print(f"screenshot: {shot}")
+
+
+def test_experts_show_their_chance_reference(built):
+    _, args, _, html, _ = built
+    chance = read_stats_table(args["inputs"].chance, "chance").set_index("cancer")
+    cells = re.findall(r'<tr><td>(\w+)</td>.*?data-perm-p="([^"]+)" data-null-mean="([^"]+)"', _table(html, "expert-table"))
+    assert [c[0] for c in cells] == list(chance.index)
+    for cancer, p, mean in cells:
+        assert float(p) == pytest.approx(chance.at[cancer, "p_above"], rel=1e-5)
+        assert float(mean) == pytest.approx(chance.at[cancer, "null_mean"], abs=1e-4)
+        assert abs(float(mean) - 0.5) < 0.05
+    assert 'id="chance-note"' in html and "300 random rankings" in html
+
+
+def test_matrix_cells_show_their_ci_and_below_chance_flags(built):
+    _, args, _, html, _ = built
+    ci = read_stats_table(args["inputs"].matrix_ci, "matrix_ci").set_index(["source", "target"])
+    rows = dict(re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", _table(html, "transfer-table")))
+    targets = sorted({t for _, t in ci.index})
+    for source, row in rows.items():
+        tds = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        for target, td in zip(targets, tds):
+            lo, hi = map(float, re.search(r'data-lo="([^"]+)" data-hi="([^"]+)"', td).groups())
+            assert (lo, hi) == pytest.approx((ci.at[(source, target), "ci_low"], ci.at[(source, target), "ci_high"]), abs=1e-4)
+            assert ("below chance" in td) == bool(ci.at[(source, target), "below_chance"])
+    assert ci.at[("AAA", "BBB"), "below_chance"] and "below chance" in rows["AAA"]  # the planted reversed cell
+    assert not ci.at[("BBB", "BBB"), "below_chance"] and ci.at[("BBB", "BBB"), "ci_low"] > 0.5
+
+
+def test_roupkt_and_baselines_show_paired_intervals_and_flag_below_chance(built, tmp_path):
+    """ROUPKT ranks CCC backwards: its Δ is flagged below chance; the head baseline equals the expert (Δ 0, CI [0, 0]).
+
+    (The synthetic experts' risks ignore the labels, so an expert may itself land below chance: flags follow the table.)"""
+    root, args, _, _, _ = built
+    preds = {"expert": args["inputs"].predictions, "roupkt": [], "head": []}
+    for p in args["inputs"].predictions:
+        for method in ("roupkt", "head"):
+            d = tmp_path / method / p.parent.relative_to(root)
+            d.mkdir(parents=True)
+            table = pd.read_csv(p, sep="\t")
+            if method == "roupkt" and "/CCC/" in str(p):
+                table["risk"] = table["time"]  # longer survival, higher risk: C far below 0.5
+            table.to_csv(d / "predictions.tsv", sep="\t", index=False)
+            (d / "metrics.json").write_text((p.parent / "metrics.json").read_text())
+            preds[method].append(d / "predictions.tsv")
+    settings = StatsSettings(chance_permutations=300, n_boot=300)
+    chance = chance_table(preds, settings)
+    compare = compare_table(preds, settings, chance)
+    write_stats_table(chance, "chance", tmp_path / "chance.tsv")
+    write_stats_table(compare, "compare", tmp_path / "compare.tsv")
+    summary = pd.read_csv(args["inputs"].summary, sep="\t")
+    for name, model in (("roupkt", "roupkt"), ("head", "baseline_head")):
+        c = chance[chance["method"] == name].set_index("cancer")["c_index_mean"]
+        summary.assign(c_index_mean=summary["cancer"].map(c), model=model).to_csv(tmp_path / f"{name}.tsv", sep="\t", index=False)
+    out = tmp_path / "index.html"
+    inputs = replace(args["inputs"], roupkt=tmp_path / "roupkt.tsv", baselines={"head": tmp_path / "head.tsv"},
+                     chance=tmp_path / "chance.tsv", compare=tmp_path / "compare.tsv")
+    build_report(inputs, ReportOutputs(out), args["settings"])
+    rows = dict(re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", _table(out.read_text(), "roupkt-table")))
+    cmp = compare.set_index(["method", "cancer"])
+    for cancer, row in rows.items():
+        lo, hi = map(float, re.search(r'data-lo="([^"]+)" data-hi="([^"]+)"', row).groups())
+        assert (lo, hi) == pytest.approx((cmp.at[("roupkt", cancer), "ci_low"], cmp.at[("roupkt", cancer), "ci_high"]), abs=1e-4)
+        head = re.search(r'data-method="head" data-lo="([^"]+)" data-hi="([^"]+)"', row).groups()
+        assert [float(v) for v in head] == [0.0, 0.0]
+        flagged = cmp.at[("roupkt", cancer), "below_chance"] or cmp.at[("head", cancer), "below_chance"]
+        assert ("below chance" in row) == flagged, (cancer, row)
+    assert cmp.at[("roupkt", "CCC"), "below_chance"] and cmp.at[("roupkt", "CCC"), "ci_high"] < 0
+    if CHROMIUM.exists():  # the page with every statistics column still loads cleanly in a real browser
+        print(f"screenshot: {check_in_browser(out, tmp_path)}")

@@ -146,10 +146,11 @@ def report_data(inputs: ReportInputs, settings: ReportSettings) -> ReportData:
     )
 
 
-def _stats_facts(config: dict) -> dict[str, Any]:
-    """The stats settings the page's captions cite (config section stats, with the schema's defaults)."""
+def _stats_facts(config: dict, experts: pd.DataFrame) -> dict[str, Any]:
+    """The stats settings the page's captions cite: config section stats (schema defaults), the shuffles as run."""
     s = StatsSettings.from_config(config.get("stats", {}))
-    return {"n_perm": s.chance_permutations, "n_boot": s.n_boot, "level": s.level, "below_p": s.below_chance_p,
+    run = experts["perm_n"].dropna() if "perm_n" in experts else pd.Series(dtype=float)
+    return {"n_perm": int(run.max()) if len(run) else s.chance_permutations, "n_boot": s.n_boot, "level": s.level, "below_p": s.below_chance_p,
             "permutations": s.permutations, "level_pct": f"{100 * s.level:g}"}
 
 
@@ -177,7 +178,7 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
         targets=list(pivot.columns), sources=list(pivot.index),
         matrix={s: {t: (pivot.at[s, t], sd.at[s, t], *data.matrix_ci.get(s, {}).get(t, (np.nan, np.nan, False)))
                     for t in pivot.columns} for s in pivot.index},
-        stats=_stats_facts(settings.config), has_stats=inputs.chance is not None,
+        stats=_stats_facts(settings.config, data.experts), has_stats=inputs.chance is not None,
         has_matrix_ci=bool(data.matrix_ci), has_retrained=bool(inputs.retrained),
         heatmap=b64(figures["heatmap"]), positives=data.positives.to_dict("records"), thresholds=POSITIVE_THRESHOLDS,
         roupkt=data.roupkt.to_dict("records"), roupkt_topk=settings.roupkt_topk, baseline_methods=sorted(inputs.baselines),

@@ -16,7 +16,7 @@ from wsikt.formats.stats_tables import read_stats_table
 from wsikt.stats.tables import retrained_summary
 
 CHANCE_COLUMNS = {"null_mean": "perm_null_mean", "null_sd": "perm_null_sd", "p_above": "perm_p", "p_below": "perm_p_below",
-                  "below_chance": "below_chance"}
+                  "n_perm": "perm_n", "below_chance": "below_chance"}
 RETRAINED_COLUMNS = ["retrained_n", "retrained_mean", "retrained_sd", "retrained_p_above", "retrained_p_below"]
 
 
