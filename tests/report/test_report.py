@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from support.browser_check import CHROMIUM, check_in_browser
 
+from wsikt.formats.stats_tables import read_stats_table, write_stats_table
 from wsikt.report.build import ReportInputs, ReportOutputs, ReportSettings, build_report
 from wsikt.report.data import positive_transfer
 from wsikt.report.facts import runtime_per_stage
@@ -27,7 +28,6 @@ from wsikt.report.metrics import (
     load_fold_predictions,
     risk_groups,
 )
-from wsikt.formats.stats_tables import read_stats_table, write_stats_table
 from wsikt.stats.settings import StatsSettings
 from wsikt.stats.tables import chance_table, compare_table, matrix_cells, matrix_ci_table
 from wsikt.survival.metrics import survival_at
