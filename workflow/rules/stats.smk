@@ -6,36 +6,6 @@ STATS = "results/stats/{encoder}/{model}/{endpoint}"
 STATS_CHEAP = {k: v for k, v in config["stats"].items() if k != "permutations"}
 
 
-def stats_methods():
-    """The methods with prediction files: the experts, ROUPKT (when it has targets), each baseline."""
-    return (
-        ["expert"]
-        + (["roupkt"] if ROUPKT_TARGETS else [])
-        + list(config["baselines"]["methods"])
-    )
-
-
-def stats_predictions(wildcards):
-    """Per method, its fold predictions and their sibling metrics.json (they name the cancer)."""
-    base = (
-        f"results/{{stage}}/{wildcards.encoder}/{wildcards.model}/{wildcards.endpoint}"
-    )
-    where = {
-        "expert": (base.format(stage="experts"), CANCERS),
-        "roupkt": (base.format(stage="roupkt"), ROUPKT_TARGETS),
-    }
-    files = {}
-    for method in stats_methods():
-        root, cancers = where.get(
-            method, (f"{base.format(stage='baselines')}/{method}", CANCERS)
-        )
-        for kind in ("predictions.tsv", "metrics.json"):
-            files[f"{method}_{kind.split('.')[0]}"] = expand(
-                f"{root}/{{cancer}}/fold{{fold}}/{kind}", cancer=cancers, fold=FOLDS
-            )
-    return files
-
-
 rule stats_chance:
     input:
         unpack(stats_predictions),
