@@ -436,3 +436,27 @@ def test_roupkt_and_baselines_show_paired_intervals_and_flag_below_chance(built,
     assert cmp.at[("roupkt", "CCC"), "below_chance"] and cmp.at[("roupkt", "CCC"), "ci_high"] < 0
     if CHROMIUM.exists():  # the page with every statistics column still loads cleanly in a real browser
         print(f"screenshot: {check_in_browser(out, tmp_path)}")
+
+
+def test_retrained_null_is_shown_beside_the_cheap_one(built, tmp_path):
+    """stats.permutations > 0: each expert's retrained null (pooled per permutation) and its p are in the table."""
+    _, args, _, _, _ = built
+    rng = np.random.default_rng(5)
+    paths = []
+    for cancer in ("AAA", "BBB", "CCC"):
+        rows = pd.DataFrame([{"method": "expert", "cancer": cancer, "permutation": p, "fold": k,
+                              "c_index_test": float(rng.uniform(0.3, 0.7)), "null": bool(k == 0)}
+                             for p in range(4) for k in range(3)])
+        write_stats_table(rows, "retrained_null", tmp_path / f"{cancer}.tsv")
+        paths.append(tmp_path / f"{cancer}.tsv")
+    out = tmp_path / "index.html"
+    build_report(replace(args["inputs"], retrained=paths), ReportOutputs(out), args["settings"])
+    table = _table(out.read_text(), "expert-table")
+    chance = read_stats_table(args["inputs"].chance, "chance").set_index("cancer")
+    found = re.findall(r'<tr><td>(\w+)</td>.*?data-retrained-p="([^"]+)"', table)
+    assert [c for c, _ in found] == ["AAA", "BBB", "CCC"]
+    for cancer, p in found:
+        rows = pd.read_csv(tmp_path / f"{cancer}.tsv", sep="\t")
+        null = rows.groupby("permutation")["c_index_test"].mean().to_numpy()
+        assert float(p) == pytest.approx((1 + (null >= chance.at[cancer, "c_index_mean"] - 1e-12).sum()) / 5, rel=1e-5)
+    assert "4 refits" in table
