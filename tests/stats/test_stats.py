@@ -89,3 +89,11 @@ def test_retrained_null_refits_experts_and_roupkt_on_permuted_labels(cohort):
     assert abs(summary.at[("expert", "SHA"), "retrained_mean"] - 0.5) < 0.15 and summary.at[("expert", "SHA"), "retrained_mean"] < real
     assert rows["c_index_test"].notna().all() and summary.at[("roupkt", "SHA"), "retrained_n"] == 2
     assert summary.at[("expert", "SHA"), "retrained_p_above"] == pytest.approx(1 / 3)  # add-one p with 2 refits
+
+
+def test_settings_name_the_config_key_and_keep_permutations_out_of_the_cheap_rules():
+    for key, value in (("chance_permutations", 0), ("n_boot", 0), ("level", 1.0), ("below_chance_p", 0.0), ("permutations", -1)):
+        with pytest.raises(ValueError, match=f"stats.{key}"):
+            StatsSettings.from_config({key: value})
+    s = StatsSettings.from_config({"permutations": 5, "n_boot": 300})
+    assert s.permutations == 5 and "permutations" not in s.cheap() and s.cheap()["n_boot"] == 300
