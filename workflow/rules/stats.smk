@@ -3,7 +3,9 @@
 # only these rules and the report, so changing them retrains nothing. The opt-in retrained null
 # (stats.permutations > 0) is the one stats rule that trains models.
 STATS = "results/stats/{encoder}/{model}/{endpoint}"
-STATS_CHEAP = StatsSettings.from_config(config["stats"]).cheap()  # every stats key but permutations
+STATS_CHEAP = StatsSettings.from_config(
+    config["stats"]
+).cheap()  # every stats key but permutations
 
 
 rule stats_chance:
