@@ -46,7 +46,6 @@ localrules:
     summarise_roupkt,
     summarise_baseline,
     stats_chance,
-    stats_matrix,
 
 
 rule all:

@@ -199,7 +199,8 @@ def test_page_is_self_contained_and_labelled(built):
 def test_roupkt_table_compares_with_the_own_expert(built, tmp_path):
     root, args, _, _, _ = built
     summary = pd.read_csv(args["inputs"].summary, sep="\t")
-    roupkt = summary.assign(c_index_mean=summary["c_index_mean"] + 0.01 * np.arange(len(summary)), model="roupkt")
+    roupkt = summary.assign(c_index_mean=summary["c_index_mean"] + 0.01 * np.arange(len(summary)), model="roupkt",
+                            null_folds=[0, 2, 0])
     roupkt.to_csv(tmp_path / "roupkt.tsv", sep="\t", index=False)
     head = summary.assign(c_index_mean=0.42, model="baseline_head")
     head.to_csv(tmp_path / "head.tsv", sep="\t", index=False)
@@ -215,6 +216,8 @@ def test_roupkt_table_compares_with_the_own_expert(built, tmp_path):
     cells = re.findall(r'data-c="(\d\.\d+)"', _table(html, "roupkt-table"))
     assert [float(c) for c in cells] == pytest.approx(list(table["roupkt"]), abs=1e-4)
     assert "top-3" in html
+    gated = html.split('id="null-roupkt"')[1].split("</p>")[0]  # ROUPKT's null-gated folds are named
+    assert "BBB 2 of 3 folds" in gated and "AAA" not in gated
 
 
 def test_a_mean_over_fewer_folds_says_how_many(built, tmp_path):
