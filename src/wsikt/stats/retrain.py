@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from wsikt.cohort.bags import Bag
+from wsikt.formats.stats_tables import COLUMNS
 from wsikt.training.experts import run_expert_fold
 from wsikt.training.settings import NullGate, TrainSettings
 from wsikt.transfer.roupkt import RoupktSettings, run_roupkt_fold
@@ -62,4 +63,4 @@ def retrained_null(
                     rows.append({"method": "roupkt", "cancer": cancer, "permutation": p, "fold": k,
                                  "c_index_test": r["c_index_test"], "null": bool(r.get("null", False))})
             log.info("%s permutation %d of %d refit on every fold", cancer, p + 1, n_perm)
-    return pd.DataFrame(rows, columns=["method", "cancer", "permutation", "fold", "c_index_test", "null"])
+    return pd.DataFrame(rows, columns=COLUMNS["retrained_null"])

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from wsikt.formats.stats_tables import COLUMNS
 from wsikt.formats.tables import read_json, read_table
 from wsikt.stats.settings import StatsSettings
 from wsikt.survival.chance import mean_c_bootstrap_ci, paired_bootstrap_delta, permutation_null_c, pooled_null
@@ -64,8 +65,7 @@ def chance_table(predictions: Mapping[str, Sequence[str | Path]], settings: Stat
             rows.append({"method": method, "cancer": cancer, "c_index_mean": res.observed, "folds": len(folds),
                          "null_mean": res.null_mean, "null_sd": res.null_sd, "p_above": res.p_above, "p_below": res.p_below,
                          "n_perm": res.n_perm, "below_chance": bool(res.p_below < settings.below_chance_p)})
-    return pd.DataFrame(rows, columns=["method", "cancer", "c_index_mean", "folds", "null_mean", "null_sd", "p_above",
-                                       "p_below", "n_perm", "below_chance"])
+    return pd.DataFrame(rows, columns=COLUMNS["chance"])
 
 
 def compare_table(predictions: Mapping[str, Sequence[str | Path]], settings: StatsSettings,
@@ -94,8 +94,7 @@ def compare_table(predictions: Mapping[str, Sequence[str | Path]], settings: Sta
             rows.append({"method": method, "reference": REFERENCE, "cancer": cancer, "delta": res.delta, "ci_low": res.low,
                          "ci_high": res.high, "p_value": res.p_value, "n_boot_valid": res.n_valid, "level": settings.level,
                          "below_chance": flags.get((method, cancer), False)})
-    return pd.DataFrame(rows, columns=["method", "reference", "cancer", "delta", "ci_low", "ci_high", "p_value",
-                                       "n_boot_valid", "level", "below_chance"])
+    return pd.DataFrame(rows, columns=COLUMNS["compare"])
 
 
 def matrix_cells(split: pd.DataFrame, risks: Mapping[tuple[str, int], np.ndarray]) -> dict[str, list]:
@@ -127,8 +126,7 @@ def matrix_ci_table(cells_by_target: Mapping[str, Mapping[str, list]], settings:
             ci = mean_c_bootstrap_ci(groups, settings.n_boot, [settings.seed, _crc(target)], settings.level)
             rows.append({"source": source, "target": target, "c_index_mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
                          "n_boot_valid": ci.n_valid, "level": settings.level, "below_chance": bool(ci.high < 0.5)})
-    return pd.DataFrame(rows, columns=["source", "target", "c_index_mean", "ci_low", "ci_high", "n_boot_valid", "level",
-                                       "below_chance"])
+    return pd.DataFrame(rows, columns=COLUMNS["matrix_ci"])
 
 
 def retrained_summary(retrained: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
