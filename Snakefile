@@ -34,6 +34,7 @@ include: "workflow/rules/experts.smk"
 include: "workflow/rules/transfer.smk"
 include: "workflow/rules/roupkt.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/stats.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -44,6 +45,7 @@ localrules:
     summarise_experts,
     summarise_roupkt,
     summarise_baseline,
+    stats_chance,
 
 
 rule all:

@@ -249,6 +249,7 @@ def test_inconsistent_keys_rejected_with_the_fix(cfg, edit, key):
         (lambda c: c["preprocess"].update(contour_fn="none", min_tissue_fraction=0.0), "preprocess.min_tissue_fraction"),
         (lambda c: c["experts"].update(loss="cox", patients_per_step=8), "experts.patients_per_step"),
         (lambda c: c["experts"]["null_gate"].update(inner_folds=1), "experts.null_gate.inner_folds"),
+        (lambda c: c["roupkt"]["null_gate"].update(inner_folds=1), "roupkt.null_gate.inner_folds"),
     ],
 )
 def test_stage_settings_reject_inconsistent_keys_with_the_fix(cfg, edit, key):
@@ -257,13 +258,18 @@ def test_stage_settings_reject_inconsistent_keys_with_the_fix(cfg, edit, key):
     from wsikt.training.settings import NullGate, TrainSettings
 
     validate_config(cfg, SCHEMA)
-    PatchSettings.from_config(cfg["preprocess"]), TrainSettings.from_config(cfg["experts"]), NullGate.from_config(cfg["experts"])
+
+    def build() -> None:
+        PatchSettings.from_config(cfg["preprocess"]), TrainSettings.from_config(cfg["experts"]), NullGate.from_config(cfg["experts"])
+        NullGate.from_config(cfg["roupkt"], key="roupkt")
+
+    build()
     if key.startswith("preprocess"):
         cfg["preprocess"].setdefault("context_mpp", [1.0])
     edit(cfg)
     validate_config(cfg, SCHEMA)  # each section on its own is valid: the schema cannot state these rules
     with pytest.raises(ValueError) as exc:
-        PatchSettings.from_config(cfg["preprocess"]), TrainSettings.from_config(cfg["experts"]), NullGate.from_config(cfg["experts"])
+        build()
     assert key in str(exc.value) and "\n" not in str(exc.value)
 
 

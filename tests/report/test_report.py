@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from support.browser_check import CHROMIUM, check_in_browser
 
+from wsikt.formats.stats_tables import read_stats_table, write_stats_table
 from wsikt.report.build import ReportInputs, ReportOutputs, ReportSettings, build_report
 from wsikt.report.data import positive_transfer
 from wsikt.report.facts import runtime_per_stage
@@ -27,6 +28,8 @@ from wsikt.report.metrics import (
     load_fold_predictions,
     risk_groups,
 )
+from wsikt.stats.settings import StatsSettings
+from wsikt.stats.tables import chance_table, compare_table, matrix_cells, matrix_ci_table
 from wsikt.survival.metrics import survival_at
 
 ENC, MODEL, EP = "enc", "abmil", "OS"
@@ -97,8 +100,25 @@ def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds
     (r / f"experts/{ENC}/{MODEL}/{EP}").mkdir(parents=True, exist_ok=True)
     pd.DataFrame(summary).to_csv(r / f"experts/{ENC}/{MODEL}/{EP}/summary.tsv", sep="\t", index=False)
     names = [c for c, _ in cancers]
-    matrix = pd.DataFrame([{"source": s, "target": t, "c_index_mean": float(rng.uniform(0.3, 0.8)),
-                            "c_index_sd": float(rng.uniform(0.01, 0.1)), "n": folds * folds} for s in names for t in names])
+    # zero-shot risks of every (source, fold) expert on every target: own expert and the others rank by
+    # −log time, except AAA's experts, which rank BBB backwards (below chance)
+    stats_dir = r / f"stats/{ENC}/{MODEL}/{EP}"
+    stats_dir.mkdir(parents=True)
+    cells = {}
+    for t, split in zip(names, splits):
+        sp = pd.read_csv(split, sep="\t")
+        sign = {s: -1.0 if (s, t) == ("AAA", "BBB") else 1.0 for s in names}
+        risks = {(s, k): -sign[s] * np.log(sp["time"].to_numpy()) + rng.normal(scale=1.5, size=len(sp))
+                 for s in names for k in range(folds)}
+        cells[t] = matrix_cells(sp, risks)
+    stats_settings = StatsSettings(chance_permutations=300, n_boot=200)
+    matrix_ci = matrix_ci_table(cells, stats_settings)
+    write_stats_table(matrix_ci, "matrix_ci", stats_dir / "matrix_ci.tsv")
+    matrix = matrix_ci[["source", "target", "c_index_mean"]].assign(c_index_sd=rng.uniform(0.01, 0.1, len(matrix_ci)),
+                                                                    n=folds * folds)
+    chance = chance_table({"expert": preds}, stats_settings)
+    write_stats_table(chance, "chance", stats_dir / "chance.tsv")
+    write_stats_table(compare_table({"expert": preds}, stats_settings, chance), "compare", stats_dir / "compare.tsv")
     (r / f"transfer/{ENC}/{MODEL}/{EP}").mkdir(parents=True)
     matrix.to_csv(r / f"transfer/{ENC}/{MODEL}/{EP}/matrix.tsv", sep="\t", index=False)
     pd.DataFrame(samples).to_csv(root / "samples.tsv", sep="\t", index=False)
@@ -110,6 +130,7 @@ def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds
     inputs = ReportInputs(
         summary=r / f"experts/{ENC}/{MODEL}/{EP}/summary.tsv", matrix=r / f"transfer/{ENC}/{MODEL}/{EP}/matrix.tsv",
         splits=splits, samples=root / "samples.tsv", excluded=excl, qc=qc, predictions=preds, benchmarks=r / "benchmarks",
+        chance=stats_dir / "chance.tsv", compare=stats_dir / "compare.tsv", matrix_ci=stats_dir / "matrix_ci.tsv",
     )
     settings = ReportSettings(config={"endpoint": EP, "demo": {"enabled": True, "seed": 7}, "report": {"max_qc_images": 5}},
                               endpoint=EP, encoder=ENC, model=MODEL, max_qc=5)
@@ -178,7 +199,8 @@ def test_page_is_self_contained_and_labelled(built):
 def test_roupkt_table_compares_with_the_own_expert(built, tmp_path):
     root, args, _, _, _ = built
     summary = pd.read_csv(args["inputs"].summary, sep="\t")
-    roupkt = summary.assign(c_index_mean=summary["c_index_mean"] + 0.01 * np.arange(len(summary)), model="roupkt")
+    roupkt = summary.assign(c_index_mean=summary["c_index_mean"] + 0.01 * np.arange(len(summary)), model="roupkt",
+                            null_folds=[0, 2, 0])
     roupkt.to_csv(tmp_path / "roupkt.tsv", sep="\t", index=False)
     head = summary.assign(c_index_mean=0.42, model="baseline_head")
     head.to_csv(tmp_path / "head.tsv", sep="\t", index=False)
@@ -194,6 +216,8 @@ def test_roupkt_table_compares_with_the_own_expert(built, tmp_path):
     cells = re.findall(r'data-c="(\d\.\d+)"', _table(html, "roupkt-table"))
     assert [float(c) for c in cells] == pytest.approx(list(table["roupkt"]), abs=1e-4)
     assert "top-3" in html
+    gated = html.split('id="null-roupkt"')[1].split("</p>")[0]  # ROUPKT's null-gated folds are named
+    assert "BBB 2 of 3 folds" in gated and "AAA" not in gated
 
 
 def test_a_mean_over_fewer_folds_says_how_many(built, tmp_path):
@@ -389,3 +413,95 @@ def test_split_text_names_each_strategy():
         "training on every cohort but CPTAC and testing on that external cohort (one fold)")
     assert "on the given fold files (s/{cancer}_{fold}.csv)" in split_text(
         {"splits": {"strategy": "files", "files": "s/{cancer}_{fold}.csv"}})
+def test_experts_show_their_chance_reference(built):
+    _, args, _, html, _ = built
+    chance = read_stats_table(args["inputs"].chance, "chance").set_index("cancer")
+    cells = re.findall(r'<tr><td>(\w+)</td>.*?data-perm-p="([^"]+)" data-null-mean="([^"]+)"', _table(html, "expert-table"))
+    assert [c[0] for c in cells] == list(chance.index)
+    for cancer, p, mean in cells:
+        assert float(p) == pytest.approx(chance.at[cancer, "p_above"], rel=1e-5)
+        assert float(mean) == pytest.approx(chance.at[cancer, "null_mean"], abs=1e-4)
+        assert abs(float(mean) - 0.5) < 0.05
+    assert 'id="chance-note"' in html and "300 random rankings" in html
+
+
+def test_matrix_cells_show_their_ci_and_below_chance_flags(built):
+    _, args, _, html, _ = built
+    ci = read_stats_table(args["inputs"].matrix_ci, "matrix_ci").set_index(["source", "target"])
+    rows = dict(re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", _table(html, "transfer-table")))
+    targets = sorted({t for _, t in ci.index})
+    for source, row in rows.items():
+        tds = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        for target, td in zip(targets, tds):
+            lo, hi = map(float, re.search(r'data-lo="([^"]+)" data-hi="([^"]+)"', td).groups())
+            assert (lo, hi) == pytest.approx((ci.at[(source, target), "ci_low"], ci.at[(source, target), "ci_high"]), abs=1e-4)
+            assert ("below chance" in td) == bool(ci.at[(source, target), "below_chance"])
+    assert ci.at[("AAA", "BBB"), "below_chance"] and "below chance" in rows["AAA"]  # the planted reversed cell
+    assert not ci.at[("BBB", "BBB"), "below_chance"] and ci.at[("BBB", "BBB"), "ci_low"] > 0.5
+
+
+def test_roupkt_and_baselines_show_paired_intervals_and_flag_below_chance(built, tmp_path):
+    """ROUPKT ranks CCC backwards: its Δ is flagged below chance; the head baseline equals the expert (Δ 0, CI [0, 0]).
+
+    (The synthetic experts' risks ignore the labels, so an expert may itself land below chance: flags follow the table.)"""
+    root, args, _, _, _ = built
+    preds = {"expert": args["inputs"].predictions, "roupkt": [], "head": []}
+    for p in args["inputs"].predictions:
+        for method in ("roupkt", "head"):
+            d = tmp_path / method / p.parent.relative_to(root)
+            d.mkdir(parents=True)
+            table = pd.read_csv(p, sep="\t")
+            if method == "roupkt" and "/CCC/" in str(p):
+                table["risk"] = table["time"]  # longer survival, higher risk: C far below 0.5
+            table.to_csv(d / "predictions.tsv", sep="\t", index=False)
+            (d / "metrics.json").write_text((p.parent / "metrics.json").read_text())
+            preds[method].append(d / "predictions.tsv")
+    settings = StatsSettings(chance_permutations=300, n_boot=300)
+    chance = chance_table(preds, settings)
+    compare = compare_table(preds, settings, chance)
+    write_stats_table(chance, "chance", tmp_path / "chance.tsv")
+    write_stats_table(compare, "compare", tmp_path / "compare.tsv")
+    summary = pd.read_csv(args["inputs"].summary, sep="\t")
+    for name, model in (("roupkt", "roupkt"), ("head", "baseline_head")):
+        c = chance[chance["method"] == name].set_index("cancer")["c_index_mean"]
+        summary.assign(c_index_mean=summary["cancer"].map(c), model=model).to_csv(tmp_path / f"{name}.tsv", sep="\t", index=False)
+    out = tmp_path / "index.html"
+    inputs = replace(args["inputs"], roupkt=tmp_path / "roupkt.tsv", baselines={"head": tmp_path / "head.tsv"},
+                     chance=tmp_path / "chance.tsv", compare=tmp_path / "compare.tsv")
+    build_report(inputs, ReportOutputs(out), args["settings"])
+    rows = dict(re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", _table(out.read_text(), "roupkt-table")))
+    cmp = compare.set_index(["method", "cancer"])
+    for cancer, row in rows.items():
+        lo, hi = map(float, re.search(r'data-lo="([^"]+)" data-hi="([^"]+)"', row).groups())
+        assert (lo, hi) == pytest.approx((cmp.at[("roupkt", cancer), "ci_low"], cmp.at[("roupkt", cancer), "ci_high"]), abs=1e-4)
+        head = re.search(r'data-method="head" data-lo="([^"]+)" data-hi="([^"]+)"', row).groups()
+        assert [float(v) for v in head] == [0.0, 0.0]
+        flagged = cmp.at[("roupkt", cancer), "below_chance"] or cmp.at[("head", cancer), "below_chance"]
+        assert ("below chance" in row) == flagged, (cancer, row)
+    assert cmp.at[("roupkt", "CCC"), "below_chance"] and cmp.at[("roupkt", "CCC"), "ci_high"] < 0
+    if CHROMIUM.exists():  # the page with every statistics column still loads cleanly in a real browser
+        print(f"screenshot: {check_in_browser(out, tmp_path)}")
+
+
+def test_retrained_null_is_shown_beside_the_cheap_one(built, tmp_path):
+    """stats.permutations > 0: each expert's retrained null (pooled per permutation) and its p are in the table."""
+    _, args, _, _, _ = built
+    rng = np.random.default_rng(5)
+    paths = []
+    for cancer in ("AAA", "BBB", "CCC"):
+        rows = pd.DataFrame([{"method": "expert", "cancer": cancer, "permutation": p, "fold": k,
+                              "c_index_test": float(rng.uniform(0.3, 0.7)), "null": bool(k == 0)}
+                             for p in range(4) for k in range(3)])
+        write_stats_table(rows, "retrained_null", tmp_path / f"{cancer}.tsv")
+        paths.append(tmp_path / f"{cancer}.tsv")
+    out = tmp_path / "index.html"
+    build_report(replace(args["inputs"], retrained=paths), ReportOutputs(out), args["settings"])
+    table = _table(out.read_text(), "expert-table")
+    chance = read_stats_table(args["inputs"].chance, "chance").set_index("cancer")
+    found = re.findall(r'<tr><td>(\w+)</td>.*?data-retrained-p="([^"]+)"', table)
+    assert [c for c, _ in found] == ["AAA", "BBB", "CCC"]
+    for cancer, p in found:
+        rows = pd.read_csv(tmp_path / f"{cancer}.tsv", sep="\t")
+        null = rows.groupby("permutation")["c_index_test"].mean().to_numpy()
+        assert float(p) == pytest.approx((1 + (null >= chance.at[cancer, "c_index_mean"] - 1e-12).sum()) / 5, rel=1e-5)
+    assert "4 refits" in table

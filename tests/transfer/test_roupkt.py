@@ -16,11 +16,13 @@ from support.transfer_cohort import (  # the session fixture `cohort` comes from
 )
 
 from wsikt.training.checkpoint import read_checkpoint
+from wsikt.training.settings import NullGate
 from wsikt.transfer.embedding_cache import parse_key, stack_embeddings
 from wsikt.transfer.roupkt import (
     ROUPKT,
     RoupktSettings,
     balance_loss,
+    gate_c,
     load_roupkt,
     predict_roupkt,
     roupkt_experts,
@@ -94,6 +96,10 @@ def test_settings_name_the_config_key():
     with pytest.raises(ValueError, match="roupkt.source_folds"):
         RoupktSettings(source_folds=-1)
     assert (RoupktSettings().balance, RoupktSettings().source_folds) == ("top1", 0)  # CROPKT's code and config
+    with pytest.raises(ValueError, match="roupkt.null_gate.inner_folds"):
+        RoupktSettings.from_config({"null_gate": {"inner_folds": 1}})
+    gated = RoupktSettings.from_config({"targets": "all", "topk": 3, "null_gate": {"inner_folds": 3, "min_c": 0.6}})
+    assert gated.null_gate == NullGate(3, 0.6) and RoupktSettings.from_config({}).null_gate.inner_folds == 0
 
 
 def test_expert_sets_self_first_and_positive_from_training_data_only(cohort):
@@ -159,3 +165,37 @@ def test_training_ignores_test_labels(cohort, tmp_path):
     pd.testing.assert_frame_equal(r0, r1)
     pd.testing.assert_frame_equal(p0.drop(columns=["time", "event"]), p1.drop(columns=["time", "event"]))
     assert j0["experts"] == j1["experts"] and j0["loss_per_epoch"] == j1["loss_per_epoch"]
+
+
+def _gated_fold(cohort, split, target: str, fold: int, out, gate: NullGate) -> dict:
+    return run_roupkt_fold(split, cohort.bags[target], cohort.caches[target], target, fold, cohort.settings,
+                           RoupktSettings(topk=2, null_gate=gate), out / "m.pt", out / "p.tsv", out / "r.tsv", out / "j.json", CPU)
+
+
+def test_null_gate_makes_a_noise_fit_the_training_life_table(cohort, tmp_path):
+    """NOI has no signal: inner CV finds none, so every test patient gets one curve (C 0.5); SHA keeps its model."""
+    metrics = _gated_fold(cohort, cohort.splits["NOI"], "NOI", 0, tmp_path / "noi", NullGate(3, 0.55))
+    gate = metrics["null_gate"]
+    assert metrics["null"] and gate["null"] and gate["inner_c"] <= 0.55 and gate["inner_folds"] == 3
+    preds = pd.read_csv(tmp_path / "noi" / "p.tsv", sep="\t")
+    assert np.ptp(preds["risk"]) == 0 and metrics["c_index_test"] == 0.5
+    model, _ = load_roupkt(tmp_path / "noi" / "m.pt", CPU)  # the checkpoint is the null model too
+    assert float(model.head.weight.detach().abs().max()) == 0.0
+    kept = _gated_fold(cohort, cohort.splits["SHA"], "SHA", 0, tmp_path / "sha", NullGate(3, 0.55))
+    assert not kept["null"] and kept["null_gate"]["inner_c"] > 0.6
+    assert np.ptp(pd.read_csv(tmp_path / "sha" / "p.tsv", sep="\t")["risk"]) > 0
+
+
+def test_null_gate_never_reads_the_test_fold(cohort):
+    """Poisoned test-fold labels leave the gate's inner C unchanged; poisoning a training fold moves it."""
+    split, fold = cohort.splits["SHA"], 0
+    keys = roupkt_experts(cohort.caches["SHA"], split, "SHA", fold, RoupktSettings())
+    emb = stack_embeddings(cohort.caches["SHA"], keys, list(split["patient_id"]))
+    settings = RoupktSettings(topk=2, null_gate=NullGate(3, 0.55))
+
+    def score(s):
+        return gate_c(s, cohort.bags["SHA"], emb, fold, cohort.settings, settings, CPU)
+
+    clean = score(split)
+    assert score(poison_test_labels(split, fold)) == clean
+    assert score(poison_test_labels(split, 1)) != clean

@@ -58,6 +58,7 @@ def test_dry_run_lists_every_stage(tmp_path):
     assert jobs["train_expert"] == n_cancers * cfg["experts"]["folds"]
     assert jobs["bag_index"] == n_cancers  # one feature list per cancer, read by every model rule
     assert jobs["transfer_matrix"] == jobs["report"] == 1
+    assert jobs["stats_chance"] == jobs["stats_matrix"] == 1 and "stats_retrained_null" not in jobs  # opt-in: off
 
 
 def test_profile_resources_reach_every_feature_batch_job(tmp_path):
@@ -255,6 +256,34 @@ def test_roupkt_change_reruns_only_roupkt_and_report(demo_run, tmp_path):
     _, jobs = dry_run_with(demo_run, tmp_path / "roupkt.yaml", "roupkt:\n  topk: 2\n")
     assert jobs.get("train_roupkt", 0) > 0, jobs
     assert set(jobs) <= {"train_roupkt", "summarise_roupkt", "report", "all"}, jobs  # no expert, no embedding
+
+
+def test_stats_change_reruns_no_training(demo_run, tmp_path):
+    """stats.* reach only the stats rules and the report; the opt-in retrained null adds its own jobs only."""
+    _, jobs = dry_run_with(demo_run, tmp_path / "stats.yaml", "stats:\n  n_boot: 500\n  chance_permutations: 2000\n")
+    assert jobs.get("stats_chance") == 1 and jobs.get("stats_matrix") == 1, jobs
+    assert set(jobs) <= {"stats_chance", "stats_matrix", "report", "all"}, jobs
+    _, jobs = dry_run_with(demo_run, tmp_path / "perm.yaml", "stats:\n  permutations: 2\n")
+    n_cancers = len(yaml.safe_load((demo_run / "config/config.yaml").read_text())["demo"]["cancers"])
+    assert jobs.get("stats_retrained_null") == n_cancers and set(jobs) <= {"stats_retrained_null", "report", "all"}, jobs
+
+
+def test_roupkt_is_gated_on_the_no_signal_cancer_and_the_report_shows_chance_and_intervals(demo_run):
+    """Acceptance (issue 21): ROUPKT on the no-signal cancer is 0.5 ± 0.05 through its null gate; the report
+    shows permutation p-values, the paired CI of ROUPKT − expert, matrix-cell CIs."""
+    truth = pd.read_csv(demo_run / "resources/demo/truth.tsv", sep="\t").groupby("cancer")["mechanism"].first()
+    roupkt = pd.read_csv(demo_run / "results/roupkt/demo/abmil/OS/summary.tsv", sep="\t").set_index("cancer")
+    for cancer in (c for c in roupkt.index if truth[c] == "none"):
+        assert abs(roupkt.at[cancer, "c_index_mean"] - 0.5) <= 0.05 and roupkt.at[cancer, "null_folds"] > 0, roupkt.loc[cancer]
+    stats = demo_run / "results/stats/demo/abmil/OS"
+    chance = pd.read_csv(stats / "chance.tsv", sep="\t")
+    compare = pd.read_csv(stats / "compare.tsv", sep="\t")
+    assert set(chance["method"]) == {"expert", "roupkt"} and set(compare["method"]) == {"roupkt"}
+    assert len(pd.read_csv(stats / "matrix_ci.tsv", sep="\t")) == len(truth) ** 2
+    html = (demo_run / "results/report/index.html").read_text()
+    expert_table, roupkt_table = (html.split(f'id="{t}"')[1].split("</table>")[0] for t in ("expert-table", "roupkt-table"))
+    assert expert_table.count("data-perm-p=") == len(truth) and roupkt_table.count("data-perm-p=") == len(roupkt)
+    assert roupkt_table.count("data-delta-p=") == len(roupkt)
 
 
 def test_roupkt_and_transfer_outputs(demo_run):

@@ -31,6 +31,7 @@ from wsikt.config.validate import (
 from wsikt.features.batches import plan_batches
 from wsikt.features.settings import FeatureSettings, feature_params
 from wsikt.preprocess.settings import PatchSettings, patch_params
+from wsikt.stats.settings import StatsSettings
 from wsikt.training.settings import HyperGrid, NullGate, TrainSettings
 from wsikt.transfer.baseline_settings import BaselineSettings
 
@@ -57,6 +58,10 @@ def check_settings():
         ],
         "cancer_groups": CancerGroups.from_config,
         "splits": SplitSettings.from_config,
+        "roupkt": lambda section: NullGate.from_config(
+            section, key="roupkt"
+        ),  # RoupktSettings would import torch
+        "stats": StatsSettings.from_config,
     }
     built = {}
     for key, build in builders.items():
@@ -391,3 +396,34 @@ def get_gdc_file(wildcards):
     """GDC file id, md5 and size of one slide, from the recorded sample sheet."""
     row = SAMPLES.loc[wildcards.slide]
     return {"file_id": row["file_id"], "md5": row["md5"], "size": int(row["size"])}
+
+
+# The statistics stage (stats.smk) reads every method's fold predictions.
+def stats_methods():
+    """The methods with prediction files: the experts, ROUPKT (when it has targets), each baseline."""
+    return (
+        ["expert"]
+        + (["roupkt"] if ROUPKT_TARGETS else [])
+        + list(config["baselines"]["methods"])
+    )
+
+
+def stats_predictions(wildcards):
+    """Per method, its fold predictions and their sibling metrics.json (they name the cancer)."""
+    base = (
+        f"results/{{stage}}/{wildcards.encoder}/{wildcards.model}/{wildcards.endpoint}"
+    )
+    where = {
+        "expert": (base.format(stage="experts"), CANCERS),
+        "roupkt": (base.format(stage="roupkt"), ROUPKT_TARGETS),
+    }
+    files = {}
+    for method in stats_methods():
+        root, cancers = where.get(
+            method, (f"{base.format(stage='baselines')}/{method}", CANCERS)
+        )
+        for kind in ("predictions.tsv", "metrics.json"):
+            files[f"{method}_{kind.split('.')[0]}"] = expand(
+                f"{root}/{{cancer}}/fold{{fold}}/{kind}", cancer=cancers, fold=FOLDS
+            )
+    return files

@@ -45,6 +45,17 @@ rule report:
             f"{EXPERT_FOLDS}/predictions.tsv", cancer=CANCERS, fold=FOLDS
         ),
         metrics=expand(f"{EXPERT_FOLDS}/metrics.json", cancer=CANCERS, fold=FOLDS),  # bin edges
+        chance=f"results/stats/{ENCODER}/{MODEL}/{ENDPOINT}/chance.tsv",
+        compare=f"results/stats/{ENCODER}/{MODEL}/{ENDPOINT}/compare.tsv",
+        matrix_ci=f"results/stats/{ENCODER}/{MODEL}/{ENDPOINT}/matrix_ci.tsv",
+        retrained=(
+            expand(
+                f"results/stats/{ENCODER}/{MODEL}/{ENDPOINT}/retrained_null/{{cancer}}.tsv",
+                cancer=CANCERS,
+            )
+            if config["stats"]["permutations"]
+            else []
+        ),
     output:
         html=report(
             PATH["report"],

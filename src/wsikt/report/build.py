@@ -32,6 +32,8 @@ from wsikt.report.facts import ENDPOINTS, STAGE_ORDER, data_release, device_fact
 from wsikt.report.figures import km_panels, transfer_heatmap
 from wsikt.report.metrics import expert_metrics, load_fold_predictions
 from wsikt.report.render import render_page
+from wsikt.report.significance import matrix_intervals, read_stats, with_comparisons, with_expert_chance
+from wsikt.stats.settings import StatsSettings
 from wsikt.survival.metrics import BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES
 from wsikt.transfer.finetuned_matrix import read_finetuned_matrix
 from wsikt.transfer.matrix import POSITIVE_THRESHOLDS
@@ -42,7 +44,8 @@ class ReportInputs:
     """The result files the report reads: the report rule's named inputs (plus the benchmark folder).
 
     ``predictions`` are ``.../{cancer}/fold{k}/predictions.tsv``; each sibling ``model.pt`` gives the
-    expert's bin edges. ``baselines`` maps a baseline method to its summary TSV.
+    expert's bin edges. ``baselines`` maps a baseline method to its summary TSV. ``chance``,
+    ``compare``, ``matrix_ci`` and ``retrained`` are the statistics stage's tables (``results/stats/``).
     """
 
     summary: Path
@@ -56,6 +59,10 @@ class ReportInputs:
     baselines: dict[str, Path] = field(default_factory=dict)
     benchmarks: Path | None = None
     finetuned: Path | None = None  # HistoKT's fine-tuned matrix (transfer.finetuned), when it was run
+    chance: Path | None = None
+    compare: Path | None = None
+    matrix_ci: Path | None = None
+    retrained: list[Path] = field(default_factory=list)
 
     @classmethod
     def from_rule(cls, named: Any, baseline_methods: list[str], benchmarks: str | Path | None) -> ReportInputs:
@@ -67,6 +74,8 @@ class ReportInputs:
             baselines={m: Path(p) for m, p in zip(baseline_methods, named.baselines)},
             benchmarks=Path(benchmarks) if benchmarks else None,
             finetuned=_one_path(getattr(named, "finetuned", None)),
+            **{k: Path(getattr(named, k)) if getattr(named, k, None) else None for k in ("chance", "compare", "matrix_ci")},
+            retrained=[Path(p) for p in getattr(named, "retrained", [])],
         )
 
 
@@ -118,6 +127,7 @@ class ReportData:
     runtime: pd.DataFrame
     n_folds: int
     finetuned: pd.DataFrame | None = None
+    matrix_ci: dict = field(default_factory=dict)  # source → target → (low, high, below chance)
 
 
 def _expert_table(summary: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
@@ -140,11 +150,13 @@ def report_data(inputs: ReportInputs, settings: ReportSettings) -> ReportData:
     qc_groups, n_qc = sample_qc(inputs.qc, samples, settings.max_qc)
     runtime = (runtime_per_stage(inputs.benchmarks) if inputs.benchmarks
                else pd.DataFrame(columns=["stage", "jobs", "total_s", "longest_s"]))
+    stats = read_stats(inputs.chance, inputs.compare, inputs.matrix_ci, inputs.retrained)
     return ReportData(
-        experts=_expert_table(summary, metrics), groups=groups, matrix=matrix, positives=positive_transfer(matrix),
-        cohort=cohort_table(read_tsvs(inputs.splits), samples, exclusions), exclusions=exclusions,
-        qc_groups=qc_groups, n_qc=n_qc, roupkt=roupkt_table(summary, inputs.roupkt, inputs.baselines),
-        runtime=runtime, n_folds=int(summary["folds"].max()) if len(summary) else 0,
+        experts=with_expert_chance(_expert_table(summary, metrics), stats), groups=groups, matrix=matrix,
+        positives=positive_transfer(matrix), cohort=cohort_table(read_tsvs(inputs.splits), samples, exclusions),
+        exclusions=exclusions, qc_groups=qc_groups, n_qc=n_qc,
+        roupkt=with_comparisons(roupkt_table(summary, inputs.roupkt, inputs.baselines), stats, sorted(inputs.baselines)),
+        runtime=runtime, n_folds=int(summary["folds"].max()) if len(summary) else 0, matrix_ci=matrix_intervals(stats),
         finetuned=read_finetuned_matrix(inputs.finetuned) if inputs.finetuned else None,
     )
 
@@ -153,6 +165,14 @@ def split_text(config: dict) -> str:
     """How the test folds were made (config section splits), in one phrase for the page."""
     folds = int(config.get("experts", {}).get("folds", 5))
     return SplitSettings.from_config(config.get("splits") or {}).describe(folds)
+
+
+def _stats_facts(config: dict, experts: pd.DataFrame) -> dict[str, Any]:
+    """The stats settings the page's captions cite: config section stats (schema defaults), the shuffles as run."""
+    s = StatsSettings.from_config(config.get("stats", {}))
+    run = experts["perm_n"].dropna() if "perm_n" in experts else pd.Series(dtype=float)
+    return {"n_perm": int(run.max()) if len(run) else s.chance_permutations, "n_boot": s.n_boot, "level": s.level, "below_p": s.below_chance_p,
+            "permutations": s.permutations, "level_pct": f"{100 * s.level:g}"}
 
 
 def report_figures(data: ReportData, endpoint: str) -> dict[str, bytes]:
@@ -178,7 +198,10 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
         experts=data.experts.to_dict("records"), km=b64(figures["km"]) if data.groups else None,
         n_boot=settings.n_boot, seed=settings.seed, n_eval_times=N_EVAL_TIMES, min_test_events=MIN_TEST_EVENTS,
         targets=list(pivot.columns), sources=list(pivot.index),
-        matrix={s: {t: (pivot.at[s, t], sd.at[s, t]) for t in pivot.columns} for s in pivot.index},
+        matrix={s: {t: (pivot.at[s, t], sd.at[s, t], *data.matrix_ci.get(s, {}).get(t, (np.nan, np.nan, False)))
+                    for t in pivot.columns} for s in pivot.index},
+        stats=_stats_facts(settings.config, data.experts), has_stats=inputs.chance is not None,
+        has_matrix_ci=bool(data.matrix_ci), has_retrained=bool(inputs.retrained),
         heatmap=b64(figures["heatmap"]), positives=data.positives.to_dict("records"), thresholds=POSITIVE_THRESHOLDS,
         roupkt=data.roupkt.to_dict("records"), roupkt_topk=settings.roupkt_topk, baseline_methods=sorted(inputs.baselines),
         baselines=bool(inputs.baselines), finetuned=finetuned_context(data.finetuned, data.matrix),

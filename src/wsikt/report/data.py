@@ -113,12 +113,14 @@ def positive_transfer(matrix: pd.DataFrame, thresholds=POSITIVE_THRESHOLDS) -> p
 
 def roupkt_table(experts: pd.DataFrame, roupkt_tsv, baseline_tsvs: dict) -> pd.DataFrame:
     """Per target: own expert's mean test C, ROUPKT's, their difference, and each baseline's; with the
-    folds each mean covers (``expert_n``, ``roupkt_n``) and the folds run (``folds``)."""
+    folds each mean covers (``expert_n``, ``roupkt_n``), the folds run (``folds``) and ROUPKT's null-gated
+    folds (``roupkt_null_folds``)."""
     if roupkt_tsv is None:
         return pd.DataFrame(columns=["cancer", "expert", "roupkt", "delta", "expert_n", "roupkt_n", "folds"])
     r = pd.read_csv(roupkt_tsv, sep="\t")
     r = pd.DataFrame({"cancer": r["cancer"], "roupkt": r["c_index_mean"],
-                      "roupkt_n": r.get("c_index_folds", pd.Series(index=r.index, dtype=object)).map(folds_covered)})
+                      "roupkt_n": r.get("c_index_folds", pd.Series(index=r.index, dtype=object)).map(folds_covered),
+                      "roupkt_null_folds": r.get("null_folds", pd.Series(0, index=r.index)).fillna(0).astype(int)})
     e = pd.DataFrame({"cancer": experts["cancer"], "expert": experts["c_index_mean"], "folds": experts["folds"],
                       "expert_n": experts["c_index_folds"].map(folds_covered)})
     out = e.merge(r, on="cancer")

@@ -414,21 +414,18 @@ def expand_counts(metric: Callable[..., float], *arrays: np.ndarray) -> Callable
     return fn
 
 
-def bootstrap_ci(
+def bootstrap_means(
     values_fn: Callable[[int, np.ndarray], np.ndarray],
     group_sizes: Sequence[int],
     n_boot: int = N_BOOT,
     seed: int | Sequence[int] = BOOT_SEED,
-    level: float = 0.95,
-) -> BootstrapCI:
-    """Percentile CI of the mean over groups of a metric, each group's patients resampled with replacement.
+) -> tuple[float, np.ndarray]:
+    """Mean over groups of a metric on the data, and its (n_boot,) bootstrap replicates (NaN where no group is finite).
 
     ``values_fn(g, counts)`` returns the metric of group g for each row of multiplicities
     ``counts`` (B, n_g); rows of ones give the point estimate. Groups are resampled independently
     (test patients within each fold); a NaN group value is left out of that resample's mean.
     """
-    if not group_sizes:
-        return BootstrapCI(np.nan, np.nan, np.nan, 0)
     rng = np.random.default_rng(seed)
     point, boots = [], []
     for g, n in enumerate(group_sizes):
@@ -438,12 +435,27 @@ def bootstrap_ci(
             continue
         point.append(float(np.asarray(values_fn(g, np.ones((1, n))))[0]))
         boots.append(np.asarray(values_fn(g, resample_counts(rng, n, n_boot)), dtype=float))
-    stacked = np.vstack(boots)
+    stacked = np.vstack(boots) if boots else np.full((1, n_boot), np.nan)
     finite = np.isfinite(stacked)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_boot = np.where(finite, stacked, 0.0).sum(axis=0) / finite.sum(axis=0)
     p = np.asarray(point, dtype=float)
     mean = float(p[np.isfinite(p)].mean()) if np.isfinite(p).any() else float("nan")
+    return mean, mean_boot
+
+
+def bootstrap_ci(
+    values_fn: Callable[[int, np.ndarray], np.ndarray],
+    group_sizes: Sequence[int],
+    n_boot: int = N_BOOT,
+    seed: int | Sequence[int] = BOOT_SEED,
+    level: float = 0.95,
+) -> BootstrapCI:
+    """Percentile CI of the mean over groups of a metric, each group's patients resampled with replacement
+    (``bootstrap_means``)."""
+    if not group_sizes:
+        return BootstrapCI(np.nan, np.nan, np.nan, 0)
+    mean, mean_boot = bootstrap_means(values_fn, group_sizes, n_boot, seed)
     valid = mean_boot[np.isfinite(mean_boot)]
     if len(valid) == 0:
         return BootstrapCI(mean, np.nan, np.nan, 0)

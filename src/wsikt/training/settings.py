@@ -83,9 +83,12 @@ class NullGate:
                              "use 0 (off) or at least 2")
 
     @classmethod
-    def from_config(cls, experts: Mapping[str, Any]) -> "NullGate":
-        """From config section ``experts`` (its ``null_gate`` sub-section)."""
-        return cls(**experts.get("null_gate", {}))
+    def from_config(cls, section: Mapping[str, Any], key: str = "experts") -> "NullGate":
+        """From the ``null_gate`` sub-section of config section ``key`` (experts, roupkt); errors name ``key``."""
+        try:
+            return cls(**section.get("null_gate", {}))
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("experts.null_gate", f"{key}.null_gate", 1)) from None
 
 
 GRID_KEYS = ("lr", "weight_decay", "epochs", "dropout", "alpha", "patients_per_step", "warmup_epochs")

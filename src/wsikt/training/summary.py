@@ -19,6 +19,6 @@ def summarise_experts(metrics: list[dict]) -> pd.DataFrame:
              "c_index_mean": float(np.nanmean(c)), "c_index_sd": float(np.nanstd(c, ddof=1)) if c.notna().sum() > 1 else float("nan"),
              "c_index_folds": ",".join(f"{v:.4f}" for v in c)}
         )
-        if "null" in g:  # experts (not ROUPKT): folds the null gate made the null model
+        if "null" in g:  # gated models (experts, ROUPKT): folds the null gate made the null model
             rows[-1]["null_folds"] = int(g["null"].fillna(False).astype(bool).sum())
     return pd.DataFrame(rows)

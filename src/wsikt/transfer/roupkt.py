@@ -24,6 +24,12 @@ over the step) is the mean top-1 probability (discourages confident routing, not
 f_e the share of patients whose top-1 expert is e (not differentiable) and P_e the mean router
 probability (differentiable); it is 1 when routing is uniform. z-loss = mean logsumexp(logits)².
 The router's feature projection is Linear+ReLU with ``experts.projection_dropout`` after it (CROPKT: 0).
+
+Null gate (``null_gate``, as the experts'): ROUPKT models trained exactly like the outer one on
+inner folds of the outer training patients rank the held-out inner patients; unless their pooled
+C exceeds ``min_c`` the fold's model becomes the null model (head weights zeroed, bias = the
+training patients' life-table hazards), so every patient gets one curve and the test C is 0.5.
+The expert set is the outer fold's (chosen on its training patients); the test fold is never read.
 """
 
 from __future__ import annotations
@@ -40,11 +46,12 @@ from torch import nn
 
 from wsikt.core.io import write_tsv
 from wsikt.mil import ABMIL, pad_bags
-from wsikt.survival.bins import assign_bins, fit_time_bins, survival_curve
+from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival, survival_curve
 from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
+from wsikt.training.experts import life_table_logits
 from wsikt.training.fit import Targets, fit
-from wsikt.training.folds import write_fold_outputs
-from wsikt.training.settings import TrainSettings
+from wsikt.training.folds import inner_cv_c, write_fold_outputs
+from wsikt.training.settings import NullGate, TrainSettings
 from wsikt.transfer.embedding_cache import ExpertKey, cache_keys, key_name, stack_embeddings
 from wsikt.transfer.matrix import positive_sources, selection_matrix
 
@@ -62,11 +69,13 @@ class RoupktSettings:
     balance: str = "top1"  # 'top1': mean top-1 probability (CROPKT's code); 'switch': E·Σ f_e·P_e (f_e = top-1 share)
     balance_weight: float = 0.01
     z_weight: float = 0.01
+    null_gate: NullGate = NullGate()  # inner_folds 0 = off (CROPKT has no gate)
 
     @classmethod
     def from_config(cls, roupkt: Mapping[str, Any]) -> "RoupktSettings":
         """From config section ``roupkt`` (its ``targets`` list picks the jobs, not the model)."""
-        return cls(**{k: v for k, v in roupkt.items() if k != "targets"})
+        values = {k: v for k, v in roupkt.items() if k not in ("targets", "null_gate")}
+        return cls(**values, null_gate=NullGate.from_config(roupkt, key="roupkt"))
 
     def __post_init__(self) -> None:
         if self.topk < 1:
@@ -226,6 +235,35 @@ def router_table(split: pd.DataFrame, fold: int, names: list[str], pred: dict[st
     return df
 
 
+def gate_c(
+    split: pd.DataFrame, bags: list[np.ndarray], emb: np.ndarray, fold: int, train: TrainSettings,
+    settings: RoupktSettings, device: torch.device,
+) -> float:
+    """The null gate's score: pooled inner-CV C of ROUPKT models trained like the outer one (own bins) on
+    inner folds of outer fold ``fold``'s training patients; ``emb`` (N, E, 512) rows align with ``split``."""
+    times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
+
+    def fit_predict(tr: np.ndarray, va: np.ndarray) -> np.ndarray:
+        try:
+            edges = fit_time_bins(times[tr], events[tr], train.bins_kind, train.n_bins, train.bin_width_days)
+        except ValueError as exc:
+            raise ValueError(f"roupkt.null_gate inner fold of outer fold {fold}: {exc}; "
+                             "or lower roupkt.null_gate.inner_folds (0 = off)") from None
+        model, _ = train_roupkt([bags[i] for i in tr], emb[tr], assign_bins(times, edges)[tr], events[tr], len(edges) + 1,
+                                train, settings, device)
+        return risk_from_survival(predict_roupkt(model, [bags[i] for i in va], emb[va], device)["surv"])
+
+    return inner_cv_c(split, fold, settings.null_gate.inner_folds, train.seed, fit_predict, key="roupkt.null_gate.inner_folds")
+
+
+@torch.no_grad()
+def make_null(model: ROUPKT, bins: np.ndarray, events: np.ndarray, n_bins: int) -> None:
+    """Turn ``model`` into the null model: its head ignores the mixture and gives every patient the
+    life-table hazards of (``bins``, ``events``), the training patients'. The router is kept."""
+    model.head.weight.zero_()
+    model.head.bias.copy_(life_table_logits(bins, events, n_bins).to(model.head.bias))
+
+
 def run_roupkt_fold(
     split: pd.DataFrame, bags: list[np.ndarray], cache_h5: str | Path, target: str, fold: int,
     train: TrainSettings, settings: RoupktSettings, out_model: str | Path, out_predictions: str | Path,
@@ -234,7 +272,8 @@ def run_roupkt_fold(
     """Train ROUPKT on one outer fold's training patients of ``target``; predict all; write the four outputs.
 
     ``split`` rows align with ``bags``; time bins are fit on the training patients only, exactly as
-    for the experts.
+    for the experts. With ``settings.null_gate.inner_folds`` the model becomes the null model unless
+    inner CV on the training patients beats ``settings.null_gate.min_c`` (recorded in the metrics).
     """
     keys = roupkt_experts(cache_h5, split, target, fold, settings)
     names = [key_name(k) for k in keys]
@@ -245,6 +284,15 @@ def run_roupkt_fold(
     bins = assign_bins(times, edges)
     idx = np.flatnonzero(is_train)
     model, history = train_roupkt([bags[i] for i in idx], emb[idx], bins[idx], events[idx], len(edges) + 1, train, settings, device)
+    gate, gate_result = settings.null_gate, None
+    if gate.inner_folds:
+        inner_c = gate_c(split, bags, emb, fold, train, settings, device)
+        is_null = not inner_c > gate.min_c  # NaN (no comparable pair) is no evidence either
+        if is_null:
+            make_null(model, bins[idx], events[idx], len(edges) + 1)
+        gate_result = {"inner_folds": gate.inner_folds, "min_c": gate.min_c, "inner_c": inner_c, "null": is_null}
+        log.info("ROUPKT %s fold %d: inner-CV C %.3f %s %.2f: %s", target, fold, inner_c, "≤" if is_null else ">",
+                 gate.min_c, "null model (one risk for all)" if is_null else "trained model kept")
     pred = predict_roupkt(model, bags, emb, device)
     routes = router_table(split, fold, names, pred)
     test = routes["split"] == "test"
@@ -257,7 +305,8 @@ def run_roupkt_fold(
         split, fold, pred["surv"], {"model": "roupkt", "target": target, "experts": names, "self_expert": names[0],
                                     "topk_effective": int(pred["topk_idx"].shape[1]), "router_usage": usage,
                                     "loss_per_epoch": history, "settings": asdict(settings), "train_settings": asdict(train),
-                                    "inner_edges": edges.tolist()},
+                                    "inner_edges": edges.tolist(),
+                                    "null": bool(gate_result and gate_result["null"]), "null_gate": gate_result},
         out_predictions, out_metrics,
     )
     log.info("ROUPKT %s fold %d (%d experts): C test %.3f", target, fold, len(names), metrics["c_index_test"])
