@@ -14,6 +14,7 @@ PRIMARY = "primary"  # scale name meaning "the features file's primary magnifica
 MIN_COX_BATCH = 16  # the partial likelihood compares each event with the batch's patients still at risk
 LOSS_NAMES = ("nll", "cox")
 MODEL_NAMES = ("abmil", "mean", "max", "transmil", "chowder", "dsmil", "dsca", "crossfusion")
+ATTENTION_MODELS = ("abmil", "mean", "max")  # aggregators with per-patch attention (Aggregator.patch_attention)
 DEFAULT_SCALES: dict[str, tuple[str, ...]] = {  # multi-scale models: fine → coarse
     "dsca": ("20x", "5x"),
     "crossfusion": ("20x", "10x", "5x"),
