@@ -34,6 +34,7 @@ include: "workflow/rules/experts.smk"
 include: "workflow/rules/transfer.smk"
 include: "workflow/rules/roupkt.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/attention.smk"
 include: "workflow/rules/report.smk"
 
 

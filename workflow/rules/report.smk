@@ -35,6 +35,8 @@ rule report:
             f"{EXPERT_FOLDS}/predictions.tsv", cancer=CANCERS, fold=FOLDS
         ),
         metrics=expand(f"{EXPERT_FOLDS}/metrics.json", cancer=CANCERS, fold=FOLDS),  # bin edges
+        heatmaps=rules.heatmaps.output.index if HEATMAPS else [],
+        density=rules.heatmaps.output.density if HEATMAPS else [],
     output:
         html=report(
             PATH["report"],

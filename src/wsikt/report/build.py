@@ -28,6 +28,7 @@ from wsikt.report.data import (
 )
 from wsikt.report.facts import ENDPOINTS, STAGE_ORDER, data_release, device_facts, runtime_per_stage, software_versions
 from wsikt.report.figures import km_panels, transfer_heatmap
+from wsikt.report.heatmaps import attention_section
 from wsikt.report.metrics import expert_metrics, load_fold_predictions
 from wsikt.report.render import render_page
 from wsikt.survival.metrics import BOOT_SEED, MIN_TEST_EVENTS, N_BOOT, N_EVAL_TIMES
@@ -52,6 +53,8 @@ class ReportInputs:
     roupkt: Path | None = None
     baselines: dict[str, Path] = field(default_factory=dict)
     benchmarks: Path | None = None
+    heatmaps: Path | None = None  # the heatmaps rule's index TSV; its PNGs are in the folder of the same name
+    density: Path | None = None  # its attention–density table
 
     @classmethod
     def from_rule(cls, named: Any, baseline_methods: list[str], benchmarks: str | Path | None) -> ReportInputs:
@@ -62,6 +65,8 @@ class ReportInputs:
             predictions=[Path(p) for p in named.predictions], roupkt=Path(named.roupkt) if named.roupkt else None,
             baselines={m: Path(p) for m, p in zip(baseline_methods, named.baselines)},
             benchmarks=Path(benchmarks) if benchmarks else None,
+            heatmaps=Path(named.heatmaps) if getattr(named, "heatmaps", None) else None,
+            density=Path(named.density) if getattr(named, "density", None) else None,
         )
 
 
@@ -105,6 +110,7 @@ class ReportData:
     roupkt: pd.DataFrame
     runtime: pd.DataFrame
     n_folds: int
+    attention: dict = field(default_factory=dict)
 
 
 def _expert_table(summary: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
@@ -131,6 +137,7 @@ def report_data(inputs: ReportInputs, settings: ReportSettings) -> ReportData:
         cohort=cohort_table(read_tsvs(inputs.splits), samples, exclusions), exclusions=exclusions,
         qc_groups=qc_groups, n_qc=n_qc, roupkt=roupkt_table(summary, inputs.roupkt, inputs.baselines),
         runtime=runtime, n_folds=int(summary["folds"].max()) if len(summary) else 0,
+        attention=attention_section(inputs.heatmaps, inputs.density),
     )
 
 
@@ -163,7 +170,7 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
         qc_groups=data.qc_groups, n_qc_shown=sum(len(g["shown"]) for g in data.qc_groups), n_qc=data.n_qc, max_qc=settings.max_qc,
         runtime=runtime.to_dict("records"), runtime_total=float(runtime["total_s"].sum()) if len(runtime) else 0.0,
         missing_stages=[s for s in STAGE_ORDER if s != "report" and s not in set(runtime["stage"])],
-        versions=software_versions(), device=device_facts(),
+        versions=software_versions(), device=device_facts(), attention=data.attention,
         config_yaml=yaml.safe_dump(settings.config, sort_keys=False, allow_unicode=True),
     )
 
@@ -183,4 +190,5 @@ def build_report(inputs: ReportInputs, outputs: ReportOutputs, settings: ReportS
     if outputs.metrics:
         write_tsv(data.experts, outputs.metrics)
     return {"experts": data.experts, "groups": data.groups, "positives": data.positives, "cohort": data.cohort,
-            "runtime": data.runtime, "matrix": data.matrix, "qc_groups": data.qc_groups, "roupkt": data.roupkt}
+            "runtime": data.runtime, "matrix": data.matrix, "qc_groups": data.qc_groups, "roupkt": data.roupkt,
+            "attention": data.attention}

@@ -317,3 +317,32 @@ def attention_density(
                              rho_median=float(np.median(r)) if len(r) else np.nan,
                              positive_share=float((r > 0).mean()) if len(r) else np.nan))
     return pd.DataFrame(rows, columns=DENSITY_COLUMNS)
+
+
+def attention_section(index: str | Path | None, density: str | Path | None) -> dict:
+    """The report's attention section from the heatmaps rule's index and density table (PNGs inlined as base64).
+
+    The PNGs named in the index live in the folder beside it that has its name without ``.tsv``.
+    ``index`` None: heatmaps are off (report.heatmaps: 0).
+    """
+    if index is None:
+        return {"enabled": False, "heatmaps": [], "gallery": [], "density": []}
+    import base64
+
+    folder = Path(index).with_suffix("")
+    df = pd.read_csv(index, sep="\t", dtype={"slide_id": str, "patient_id": str, "png": str})
+
+    def png(name: str) -> str:
+        return base64.b64encode((folder / name).read_bytes()).decode("ascii")
+
+    heatmaps = [{**r, "png": png(r["png"])} for r in df[df["kind"] == "heatmap"].to_dict("records")]
+    gallery = []
+    crops = df[df["kind"] != "heatmap"]
+    for (cancer, kind, slide), g in crops.groupby(["cancer", "kind", "slide_id"], sort=False):
+        first = g.iloc[0]
+        gallery.append({"cancer": cancer, "kind": kind, "slide_id": slide, "patient_id": first["patient_id"],
+                        "fold": int(first["fold"]), "risk": float(first["risk"]), "null": bool(first["null"]),
+                        "crops": [{"rank": int(r["rank"]), "attention": float(r["attention"]), "png": png(r["png"])}
+                                  for r in g.sort_values("rank").to_dict("records")]})
+    table = pd.read_csv(density, sep="\t") if density is not None else pd.DataFrame(columns=DENSITY_COLUMNS)
+    return {"enabled": True, "heatmaps": heatmaps, "gallery": gallery, "density": table.to_dict("records")}
