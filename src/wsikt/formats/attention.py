@@ -53,7 +53,7 @@ class PatchAttention:
         ranks = np.empty(n)
         ranks[order] = np.arange(n)
         _, inv = np.unique(self.attention, return_inverse=True)
-        ranks = np.bincount(inv, ranks) [inv] / np.bincount(inv)[inv]
+        ranks = np.bincount(inv, ranks)[inv] / np.bincount(inv)[inv]
         return ranks / (n - 1)
 
 

@@ -43,6 +43,7 @@ from wsikt.preprocess.slide import open_slide, read_level_scaled  # noqa: E402
 log = logging.getLogger("wsikt.report.heatmaps")
 
 THUMB_MAX_SIDE = 1024  # px: the overview every heatmap is drawn on (and density is measured from)
+FIGURE_SIDE = 400  # px: the thumbnail each heatmap panel is drawn at
 CROP_PX = 128  # px: gallery patch crops
 NUCLEUS_RED_MAX = 150  # red channel below this: nuclei-like (haematoxylin-dark) pixel
 TISSUE_MAX = 215  # any channel below this: tissue, not glass
@@ -122,6 +123,16 @@ class Overview:
 
     rgb: np.ndarray
     scale: tuple[float, float]
+    nuclei: tuple[np.ndarray, np.ndarray] | None = None  # blob centres and tissue integral image (nuclear_density's cache)
+
+    def shrunk(self, max_side: int) -> "Overview":
+        """The same view at most ``max_side`` px (figures need no more)."""
+        h, w = self.rgb.shape[:2]
+        f = max_side / max(h, w)
+        if f >= 1:
+            return self
+        rgb = cv2.resize(self.rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        return Overview(rgb, (self.scale[0] * w / rgb.shape[1], self.scale[1] * h / rgb.shape[0]))
 
 
 def slide_overview(path: str | Path, max_side: int = THUMB_MAX_SIDE) -> Overview:
@@ -147,16 +158,18 @@ def _boxes(view: Overview, m: PatchAttention) -> np.ndarray:
 
 def nuclear_density(view: Overview, m: PatchAttention) -> np.ndarray:
     """Nuclei-like blobs per tissue pixel of each patch, counted on the thumbnail (NaN for a patch without tissue)."""
-    rgb = view.rgb
-    nuclei = (rgb[..., 0] < NUCLEUS_RED_MAX).astype(np.uint8)
-    tissue = rgb.min(-1) < TISSUE_MAX
-    n, _, _, centres = cv2.connectedComponentsWithStats(nuclei, connectivity=4)
-    cx, cy = centres[1:, 0], centres[1:, 1]
+    if view.nuclei is None:  # once per slide: blob centres and the tissue mask's integral image
+        rgb = view.rgb
+        darkest = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+        _, _, _, centres = cv2.connectedComponentsWithStats((rgb[..., 0] < NUCLEUS_RED_MAX).astype(np.uint8), connectivity=4)
+        view.nuclei = (centres[1:], cv2.integral((darkest < TISSUE_MAX).astype(np.uint8)))
+    centres, tissue = view.nuclei
+    cx, cy = centres[:, 0], centres[:, 1]
     out = np.full(len(m.coords), np.nan)
     for i, (x0, y0, x1, y1) in enumerate(_boxes(view, m)):
-        area = tissue[y0:y1, x0:x1].sum()
+        area = tissue[y1, x1] - tissue[y0, x1] - tissue[y1, x0] + tissue[y0, x0]
         if area:
-            out[i] = ((cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)).sum() / area
+            out[i] = np.count_nonzero((cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)) / area
     return out
 
 
@@ -170,28 +183,31 @@ def within_slide_rho(attention: np.ndarray, density: np.ndarray) -> float:
 
 def heatmap_png(view: Overview, panels: Mapping[str, PatchAttention], title: str) -> bytes:
     """The thumbnail, then one panel per layer: each patch coloured by its within-slide attention percentile."""
+    view = view.shrunk(FIGURE_SIDE)
     n = 1 + len(panels)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), dpi=90, squeeze=False)
     axes = axes[0]
     axes[0].imshow(view.rgb)
     axes[0].set_title("slide", fontsize=9)
     cmap = plt.get_cmap("inferno")
-    im = None
     for ax, (label, m) in zip(axes[1:], panels.items()):
-        heat = np.full(view.rgb.shape[:2], np.nan)
+        heat = np.full(view.rgb.shape[:2], np.nan, np.float32)
         for (x0, y0, x1, y1), p in zip(_boxes(view, m), m.percentile()):
             heat[y0:y1, x0:x1] = p
-        ax.imshow(view.rgb, alpha=0.55)
-        im = ax.imshow(np.ma.masked_invalid(heat), cmap=cmap, vmin=0, vmax=1, alpha=0.75, interpolation="nearest")
+        base = view.rgb.astype(np.float32) / 255.0
+        covered = np.isfinite(heat)[..., None]
+        colour = cmap(np.nan_to_num(heat))[..., :3]
+        ax.imshow(np.where(covered, 0.25 * base + 0.75 * colour, 0.45 * base + 0.55), interpolation="nearest")
         ax.set_title(label, fontsize=9)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    if im is not None:
-        fig.colorbar(im, ax=list(axes), fraction=0.025, pad=0.01, label="attention percentile in slide")
+    if panels:
+        sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, 1))
+        fig.colorbar(sm, ax=list(axes), fraction=0.025, pad=0.01, label="attention percentile in slide")
     fig.suptitle(title, fontsize=9)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
 
