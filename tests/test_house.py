@@ -20,7 +20,7 @@ def _lint_imports(src: Path) -> subprocess.CompletedProcess:
 
 def test_stage_packages_and_small_modules():
     entries = sorted(p.name for p in SRC.iterdir() if p.name != "__pycache__")
-    assert len(entries) <= 14, entries
+    assert len(entries) <= 15, entries  # 13 stage packages (attention: heatmaps), __init__, cli
     long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
     assert not long, f"modules over 500 lines: {long}"
 
