@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from wsikt.core.io import atomic_path, write_text, write_tsv
+from wsikt.core.model_facts import ATTENTION_MODELS
 from wsikt.report.data import (
     b64,
     cohort_table,
@@ -171,6 +172,7 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
         runtime=runtime.to_dict("records"), runtime_total=float(runtime["total_s"].sum()) if len(runtime) else 0.0,
         missing_stages=[s for s in STAGE_ORDER if s != "report" and s not in set(runtime["stage"])],
         versions=software_versions(), device=device_facts(), attention=data.attention,
+        model_has_attention=settings.model in ATTENTION_MODELS,
         config_yaml=yaml.safe_dump(settings.config, sort_keys=False, allow_unicode=True),
     )
 
