@@ -34,7 +34,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
 
 from wsikt.core.io import atomic_path, write_tsv  # noqa: E402
 from wsikt.formats.attention import PatchAttention, SlideAttention, read_attention_h5  # noqa: E402
@@ -178,7 +177,8 @@ def within_slide_rho(attention: np.ndarray, density: np.ndarray) -> float:
     ok = np.isfinite(density)
     if ok.sum() < MIN_PATCHES_FOR_RHO or np.ptp(attention[ok]) == 0 or np.ptp(density[ok]) == 0:
         return float("nan")
-    return float(spearmanr(attention[ok], density[ok]).statistic)
+    ranks = [pd.Series(v[ok]).rank().to_numpy() for v in (attention, density)]  # average ranks for ties
+    return float(np.corrcoef(*ranks)[0, 1])
 
 
 def heatmap_png(view: Overview, panels: Mapping[str, PatchAttention], title: str) -> bytes:
