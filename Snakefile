@@ -35,6 +35,7 @@ include: "workflow/rules/transfer.smk"
 include: "workflow/rules/roupkt.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/stats.smk"
+include: "workflow/rules/attention.smk"
 include: "workflow/rules/report.smk"
 
 

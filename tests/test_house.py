@@ -20,7 +20,7 @@ def _lint_imports(src: Path) -> subprocess.CompletedProcess:
 
 def test_stage_packages_and_small_modules():
     entries = sorted(p.name for p in SRC.iterdir() if p.name != "__pycache__")
-    assert len(entries) <= 15, entries  # the stages of docs/architecture.md (stats: issue 21), core, config, formats, cli
+    assert len(entries) <= 16, entries  # 14 stage packages (stats and attention: issue 21), __init__, cli
     long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
     assert not long, f"modules over 500 lines: {long}"
 

@@ -50,7 +50,7 @@ def test_defaults_are_filled(cfg):
     assert cfg["experts"]["weight_decay"] == 1e-5
     assert isinstance(cfg["experts"]["weight_decay"], float)  # YAML '1.0e-5' must load as a float
     assert cfg["experts"]["bins"] == {"kind": "uniform", "n_bins": 32, "width_days": 365}
-    assert cfg["report"] == {"max_qc_images": 12}
+    assert cfg["report"] == {"max_qc_images": 12, "heatmaps": 12, "top_patches": 4}
     assert cfg["preprocess"]["segmentation"]["seg_downsample"] == 64
     # CLAM's tcga preset with physical areas; knobs left null come from the preset.
     assert cfg["preprocess"]["segmentation"]["preset"] == "tcga"

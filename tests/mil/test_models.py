@@ -237,6 +237,46 @@ def test_every_model_trains_and_round_trips(name, ms_bags, tmp_path):
     assert not np.allclose(fresh, surv)  # the checkpoint carried the trained weights
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_patch_attention_is_a_share_of_each_bag_or_a_clear_refusal(name, ms_bags):
+    """Aggregator.patch_attention: per magnification, ≥ 0, zero on padding, each bag's row sums to 1,
+    equal alone and padded; models without it raise AttentionUnavailable and are not in ATTENTION_MODELS."""
+    from wsikt.core.model_facts import ATTENTION_MODELS
+    from wsikt.mil import AttentionUnavailable
+
+    torch.manual_seed(0)
+    model = build_model(name, DIM, 5).eval()
+    bags = _bags_for(name, ms_bags)
+    batch = model.collate(bags, CPU)
+    with torch.no_grad():
+        if name not in ATTENTION_MODELS:
+            with pytest.raises(AttentionUnavailable, match="report.heatmaps"):
+                model.attend(batch)
+            return
+        out, maps = model.attend(batch)
+        torch.testing.assert_close(out["logits"], model(batch)["logits"])
+        assert set(maps) <= set(model.scales) and maps
+        for scale, a in maps.items():
+            s = model.scales.index(scale)
+            mask = batch[f"mask{s}"]
+            assert a.shape == mask.shape and bool((a >= 0).all()) and bool((a[~mask] == 0).all())
+            torch.testing.assert_close(a.sum(1), torch.ones(len(bags)))
+            for i, bag in enumerate(bags):
+                alone = model.attend(model.collate([bag], CPU))[1][scale][0]
+                torch.testing.assert_close(a[i, : len(alone)], alone, atol=1e-6, rtol=1e-5)
+
+
+def test_max_pooling_attention_counts_the_features_a_patch_wins():
+    model = build_model("max", 3, 2).eval()
+    with torch.no_grad():
+        for p in model.aggregator.fc[0].parameters():
+            p.zero_()
+        model.aggregator.fc[0].weight[:, 0] = 1.0  # every hidden feature = feature 0: patch with the largest wins all
+        x = torch.tensor([[[0.0, 0, 0], [2.0, 0, 0], [1.0, 0, 0]]])
+        _, maps = model.attend(model.collate([x[0].numpy()], CPU))
+    torch.testing.assert_close(maps[PRIMARY][0], torch.tensor([0.0, 1.0, 0.0]))
+
+
 def test_multi_scale_model_refuses_single_scale_bags(ms_bags):
     model = build_model("crossfusion", DIM, 4)
     with pytest.raises(KeyError, match="scales=model.scales"):

@@ -137,10 +137,54 @@ def make_tree(root: Path, cancers=(("AAA", 40), ("BBB", 30), ("CCC", 12)), folds
     return {"inputs": inputs, "settings": settings}
 
 
+HEAT_SLIDES = 14  # slides with attention layers (≥ 12 heatmaps are drawn)
+GRID, PATCH = 4, 256  # each slide: a 4 × 4 grid of 256-px patches (1024 px at 0.5 µm/px)
+
+
+def make_attention(root: Path) -> tuple[Path, Path]:
+    """Real pyramidal TIFFs whose nuclear density rises left to right, attention layers that follow it
+    (AAA) or run against it (BBB), and the heatmaps rule's outputs built from them."""
+    import cv2
+
+    from wsikt.acquire.demo_render import write_pyramid_tiff
+    from wsikt.formats.attention import PatchAttention, SlideAttention, write_attention_h5
+    from wsikt.report.heatmaps import HeatmapSettings, build_heatmaps
+
+    rng = np.random.default_rng(3)
+    cells = np.array([(x, y) for y in range(GRID) for x in range(GRID)]) * PATCH
+    slides, layers = {}, {"AAA": [], "BBB": []}
+    for i in range(HEAT_SLIDES):
+        cancer = "AAA" if i % 2 == 0 else "BBB"
+        img = np.empty((GRID * PATCH, GRID * PATCH, 3), np.uint8)
+        img[:] = (228, 150, 200)
+        for x0, y0 in cells:
+            for _ in range(8 * (x0 // PATCH + 1)):  # 8, 16, 24, 32 nuclei per patch, column by column
+                cx, cy = x0 + rng.integers(6, PATCH - 6), y0 + rng.integers(6, PATCH - 6)
+                cv2.circle(img, (int(cx), int(cy)), 3, (72, 40, 120), -1)
+        sid = f"{cancer}-H{i:02d}-01Z-00-DX1"
+        path = root / f"slides/{sid}.tiff"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_pyramid_tiff(path, img, 0.5, aperio=True)
+        slides[sid] = path
+        density = cells[:, 0] // PATCH + 1 + rng.uniform(0, 0.5, len(cells))  # ties broken at random
+        a = density if cancer == "AAA" else density.max() + 1 - density
+        layers[cancer].append(SlideAttention(sid, sid[:8], i % 3, float(rng.normal()), {"20x": PatchAttention(cells, a / a.sum(), PATCH)}))
+    h5 = []
+    for cancer, ls in layers.items():
+        h5.append(root / f"results/attention/{cancer}/attention.h5")
+        write_attention_h5(h5[-1], ls, "expert", MODEL, cancer)
+    index, density = root / "results/report/heatmaps.tsv", root / "results/report/attention_density.tsv"
+    build_heatmaps(h5, [], slides, HeatmapSettings(slides=12, top_patches=3), root / "results/report/heatmaps", index, density,
+                   mechanisms={"AAA": "shared", "BBB": "reversed"}, model=MODEL)
+    return index, density
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     args = make_tree(root)
+    index, density = make_attention(root)
+    args["inputs"] = replace(args["inputs"], heatmaps=index, density=density)
     out = root / "results/report/index.html"
     numbers = build_report(args["inputs"], ReportOutputs(out, km=root / "km.png", heatmap=root / "hm.png",
                                                          metrics=root / "metrics.tsv"), args["settings"])
@@ -189,11 +233,51 @@ def test_page_is_self_contained_and_labelled(built):
     _, _, _, html, _ = built
     assert not re.search(r'(src|href)="(?!data:|#)', html), "only inline data: images and in-page links"
     assert "<script" not in html and "@import" not in html and "url(" not in html
-    assert html.count("data:image/png;base64,") == 2 + 5  # KM, heatmap, 5 QC thumbnails
+    assert html.count("data:image/png;base64,") == 2 + 5 + 12 + 4 * 3  # KM, transfer heatmap, 5 QC, 12 attention heatmaps, 4 × 3 top patches
     assert "ROUPKT was not run" in html and "synthetic demo cohort" in html
     for reason in ("no OS time in the clinical table", "no usable slide"):
         assert reason in html
     assert re.search(r'data-s="(\d+\.\d+)"', _table(html, "runtime-table"))
+
+
+def test_attention_heatmaps_gallery_and_density_are_in_the_page(built):
+    root, args, _, html, numbers = built
+    index = pd.read_csv(args["inputs"].heatmaps, sep="\t")
+    drawn = re.findall(r'<figure class="heatmap" data-slide="([^"]+)">', html)
+    assert len(drawn) == 12 == (index["kind"] == "heatmap").sum() and len(set(drawn)) == 12
+    assert sorted(set(s[:3] for s in drawn)) == ["AAA", "BBB"]  # spread over cancers
+    rows = re.findall(r'<tr data-kind="(highest risk|lowest risk)"><td>(\w+)</td>', _table(html, "gallery-table"))
+    assert sorted(rows) == [("highest risk", "AAA"), ("highest risk", "BBB"), ("lowest risk", "AAA"), ("lowest risk", "BBB")]
+    crops = index[index["kind"] != "heatmap"]
+    for (_, slide), g in crops.groupby(["cancer", "slide_id"]):  # the gallery's patches are the slide's most attended
+        assert list(g["rank"]) == [1, 2, 3] and g["attention"].is_monotonic_decreasing
+    # the density measured from the pixels ranks the patches as the planted nuclei do: ρ ≈ +1 (AAA), −1 (BBB)
+    rho = dict(re.findall(r'<tr><td>(\w+)</td><td class="t">\w+</td><td class="t">\w+</td><td>\d+</td><td data-rho="(-?[0-9.]+)"',
+                          _table(html, "density-table")))
+    assert float(rho["AAA"]) > 0.8 and float(rho["BBB"]) < -0.8
+    table = pd.read_csv(args["inputs"].density, sep="\t").set_index("cancer")
+    assert float(rho["AAA"]) == pytest.approx(table.at["AAA", "rho_mean"], abs=5e-5) and table.at["AAA", "slides"] == 7
+
+
+def test_heatmap_sample_is_chosen_by_config_and_named_slides_must_exist(built, tmp_path):
+    from wsikt.report.heatmaps import HeatmapSettings, choose_slides, read_layers
+
+    root = built[0]
+    layers = read_layers(sorted((root / "results/attention").glob("*/attention.h5")))
+    assert HeatmapSettings.from_config({"heatmaps": ["x"]}).slides == ("x",) and not HeatmapSettings(slides=0).enabled
+    picked = choose_slides(layers, 3)
+    aaa = sorted((s for c, s in layers if c == "AAA"), key=lambda s: -s.risk)
+    assert [c for c, _ in picked] == ["AAA", "BBB", "AAA"] and picked[0][1] is aaa[0] and picked[2][1] is aaa[-1]
+    assert [s.slide_id for _, s in choose_slides(layers, [aaa[1].slide_id])] == [aaa[1].slide_id]
+    with pytest.raises(ValueError, match="report.heatmaps"):
+        choose_slides(layers, ["NOPE"])
+
+
+def test_report_says_when_heatmaps_are_off(built, tmp_path):
+    _, args, _, _, _ = built
+    out = tmp_path / "index.html"
+    build_report(replace(args["inputs"], heatmaps=None, density=None), ReportOutputs(out), args["settings"])
+    assert 'id="attention-off"' in out.read_text()
 
 
 def test_roupkt_table_compares_with_the_own_expert(built, tmp_path):

@@ -59,6 +59,7 @@ def test_dry_run_lists_every_stage(tmp_path):
     assert jobs["bag_index"] == n_cancers  # one feature list per cancer, read by every model rule
     assert jobs["transfer_matrix"] == jobs["report"] == 1
     assert jobs["stats_chance"] == jobs["stats_matrix"] == 1 and "stats_retrained_null" not in jobs  # opt-in: off
+    assert jobs["attention_layers"] == 2 * n_cancers and jobs["heatmaps"] == 1  # experts + router, per cancer
 
 
 def test_profile_resources_reach_every_feature_batch_job(tmp_path):
@@ -255,7 +256,33 @@ def test_snakemake_report_zip(demo_run, tmp_path):
 def test_roupkt_change_reruns_only_roupkt_and_report(demo_run, tmp_path):
     _, jobs = dry_run_with(demo_run, tmp_path / "roupkt.yaml", "roupkt:\n  topk: 2\n")
     assert jobs.get("train_roupkt", 0) > 0, jobs
-    assert set(jobs) <= {"train_roupkt", "summarise_roupkt", "report", "all"}, jobs  # no expert, no embedding
+    # no expert, no embedding; the router's attention layers and the heatmaps drawn from them follow it
+    assert set(jobs) <= {"train_roupkt", "summarise_roupkt", "attention_layers", "heatmaps", "report", "all"}, jobs
+
+
+def test_heatmaps_change_reruns_no_training(demo_run, tmp_path):
+    _, jobs = dry_run_with(demo_run, tmp_path / "heatmaps.yaml", "report:\n  heatmaps: 3\n")
+    assert jobs.get("heatmaps") == 1 and set(jobs) <= {"heatmaps", "report", "all"}, jobs
+
+
+def test_demo_attention_layers_heatmaps_and_density(demo_run):
+    """Every test slide has an attention layer (h5 + QuPath GeoJSON); the report shows ≥ 12 heatmaps,
+    the gallery and the attention–density ρ of every planted cancer."""
+    from wsikt.formats.attention import read_attention_h5
+
+    sheet = pd.read_csv(demo_run / "resources/demo/samples.tsv", sep="\t")
+    base = demo_run / "results/attention/demo/abmil/OS"
+    for source in ("experts", "roupkt"):
+        for cancer, slides in sheet.groupby("cancer")["slide_id"]:
+            attrs, layers = read_attention_h5(base / source / cancer / "attention.h5")
+            assert attrs["cancer"] == cancer and {s.slide_id for s in layers} <= set(slides) and len(layers) >= 0.9 * len(slides)
+            assert {p.stem for p in (base / source / cancer / "geojson").glob("*.geojson")} == {s.slide_id for s in layers}
+    html = (demo_run / "results/report/index.html").read_text()
+    assert html.count('<figure class="heatmap"') >= 12 and 'id="gallery-table"' in html
+    density = pd.read_csv(demo_run / "results/report/attention_density.tsv", sep="\t")
+    truth = pd.read_csv(demo_run / "resources/demo/truth.tsv", sep="\t")
+    planted = set(truth.loc[truth["mechanism"] != "none", "cancer"])
+    assert planted <= set(density["cancer"]) and density["rho_mean"].between(-1, 1).all()
 
 
 def test_stats_change_reruns_no_training(demo_run, tmp_path):

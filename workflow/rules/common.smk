@@ -19,6 +19,7 @@ from wsikt.cohort.screen import read_clinical_cached, screen_cancers
 from wsikt.cohort.site_splits import patient_sites
 from wsikt.cohort.split_files import check_fold_file_count, fold_file_paths
 from wsikt.cohort.split_settings import SplitSettings
+from wsikt.core.model_facts import ATTENTION_MODELS
 from wsikt.config.validate import (
     ConfigError,
     check_folds,
@@ -345,6 +346,34 @@ def apply_profile_resources(rule_names, profile_name):
 def as_json(**values):
     """A shell: rule's settings param: one JSON object (sorted keys, so equal settings compare equal)."""
     return json.dumps(values, sort_keys=True)
+
+
+# Heatmaps (report.heatmaps: 0 = none): the experts' attention where the model has it, the ROUPKT
+# router's where there are targets. They are drawn over the slides, so deleted downloads
+# (gdc.keep_slides: false) leave only the attention layers, not the pictures.
+HEATMAPS = config["report"]["heatmaps"] not in (0, [])
+HEATMAP_SLIDES = (
+    {}
+    if not HEATMAPS or (config["gdc"]["projects"] and not config["gdc"]["keep_slides"])
+    else {s: p for s, p in SLIDE_PATHS.items() if s not in MISSING_SLIDES}
+)
+DEMO_MECHANISMS = (
+    {c["name"]: c["mechanism"] for c in config["demo"]["cancers"]}
+    if config["demo"]["enabled"]
+    else {}
+)
+
+
+def get_attention_layers(source):
+    """The attention h5 of every cancer for ``source`` (experts, roupkt), or none where it has no attention."""
+    if source == "experts":
+        cancers = CANCERS if MODEL in ATTENTION_MODELS else []
+    else:
+        cancers = ROUPKT_TARGETS
+    return [
+        f"results/attention/{ENCODER}/{MODEL}/{ENDPOINT}/{source}/{c}/attention.h5"
+        for c in (cancers if HEATMAPS else [])
+    ]
 
 
 def get_final_outputs():

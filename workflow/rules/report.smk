@@ -56,6 +56,8 @@ rule report:
             if config["stats"]["permutations"]
             else []
         ),
+        heatmaps=rules.heatmaps.output.index if HEATMAPS else [],
+        density=rules.heatmaps.output.density if HEATMAPS else [],
     output:
         html=report(
             PATH["report"],

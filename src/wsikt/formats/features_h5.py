@@ -242,3 +242,24 @@ def _coords(f: h5py.File, name: str, primary: str) -> h5py.Dataset:
     if name == primary and "coords" in f:
         return f["coords"]
     raise ValueError(f"{f.filename}: no coords for magnification {name}; rerun feature extraction")
+
+
+def load_coords(path: str | Path, scale: str = PRIMARY) -> tuple[str, np.ndarray, int]:
+    """(magnification name, level-0 top-left coords (N, 2) int64, patch side in level-0 px) of one level.
+
+    The side is the coords' ``patch_size_level0`` (wsikt, TRIDENT) or CLAM's ``patch_size`` ×
+    ``downsample`` at ``patch_level``; rows are in the order of that level's features.
+    """
+    with h5py.File(path, "r") as f:
+        primary = _text(f.attrs.get("primary", PRIMARY))
+        name = primary if scale == PRIMARY else scale
+        d = _coords(f, name, primary)
+        a = d.attrs
+        if "patch_size_level0" in a:
+            side = int(round(float(a["patch_size_level0"])))
+        elif "patch_size" in a:
+            down = np.asarray(a.get("downsample", [1.0]), float).reshape(-1)
+            side = int(round(float(a["patch_size"]) * float(down[0])))
+        else:
+            raise ValueError(f"{path}: coords of {name} lack patch_size_level0 (and CLAM's patch_size); rerun feature extraction")
+        return name, d[:].astype(np.int64), side

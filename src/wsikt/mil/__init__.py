@@ -18,6 +18,7 @@ from wsikt.core.model_facts import PRIMARY, model_scales
 from wsikt.mil.abmil_hssl import ABMILHSSL
 from wsikt.mil.base import (
     Aggregator,
+    AttentionUnavailable,
     Batch,
     CrossAttention,
     GatedAttention,
@@ -101,14 +102,29 @@ class Expert(nn.Module):
     def forward(self, batch: Batch | torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if mask is not None:  # padded (B, N, D) features and their mask
             batch = {"rows0": batch[mask], "mask0": mask}
+        return self._head(self.aggregator(self.normalise(batch)))
+
+    def normalise(self, batch: Batch) -> Batch:
+        """The batch with each magnification's rows standardised by the expert's stored mean/std."""
         batch = dict(batch)
         mean, std = self.feature_mean.view(-1, self.feature_mean.shape[-1]), self.feature_std.view(-1, self.feature_std.shape[-1])
         for s in range(len(self.scales)):
             batch[f"rows{s}"] = (batch[f"rows{s}"] - mean[s]) / std[s]
-        out = self.aggregator(batch)
+        return batch
+
+    def _head(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if bool(self.is_null):
             out = {**out, "logits": self.null_logits.to(out["logits"].dtype).expand_as(out["logits"]).clone()}
         return out
+
+    def attend(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``forward``'s output and the per-patch attention per magnification (Aggregator.patch_attention).
+
+        A null expert's attention is still its trained aggregator's; its logits are the null ones.
+        """
+        batch = self.normalise(batch)
+        out = self.aggregator(batch)
+        return self._head(out), self.aggregator.patch_attention(batch, out)
 
     def survival(self, logits: torch.Tensor) -> torch.Tensor:
         """Survival curves (B, T): Π(1 − sigmoid) for NLL; exp(−H0·e^{log-risk}) for Cox."""
@@ -149,8 +165,8 @@ def build_model(name: str, in_dim: int, n_bins: int, dropout: float = 0.25, loss
 
 
 __all__ = [
-    "ABMIL", "ABMILHSSL", "Aggregator", "Batch", "Chowder", "CrossAttention", "CrossFusion", "CrossFusionLocal", "DSCA",
-    "DSMIL", "Expert", "GatedAttention", "LOSSES", "MODELS", "PRIMARY", "PoolMIL", "REGISTRY", "TransMIL", "build_model",
-    "has_projection_dropout",
+    "ABMIL", "ABMILHSSL", "Aggregator", "AttentionUnavailable", "Batch", "Chowder", "CrossAttention", "CrossFusion",
+    "CrossFusionLocal", "DSCA", "DSMIL", "Expert", "GatedAttention", "LOSSES", "MODELS", "PRIMARY", "PoolMIL", "REGISTRY",
+    "TransMIL", "build_model", "has_projection_dropout",
     "masked_softmax", "model_scales", "pack_arrays", "pad_bags",
 ]

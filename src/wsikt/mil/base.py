@@ -233,3 +233,28 @@ class Aggregator(nn.Module):
 
     def run(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def patch_attention(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-patch attention of each bag, per magnification it weighs: {scale name: (B, N_s)}.
+
+        ``out`` is ``run(batch)``'s output (so nothing is computed twice). Each row is ≥ 0, zero on
+        padding and sums to 1 over the bag's valid patches: the share of the bag embedding that
+        patch holds. Heatmaps (``wsikt.attention``) call it; a model without it raises
+        :class:`AttentionUnavailable`, and ``wsikt.core.model_facts.ATTENTION_MODELS`` lists the
+        models that have it (so the workflow can leave heatmaps out without importing torch).
+        """
+        raise AttentionUnavailable(type(self).__name__)
+
+
+class AttentionUnavailable(NotImplementedError):
+    """The aggregator has no per-patch attention (heatmaps need ``Aggregator.patch_attention``)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"aggregator {model} has no per-patch attention (Aggregator.patch_attention); "
+                         "heatmaps need one of wsikt.core.model_facts.ATTENTION_MODELS, or set report.heatmaps: 0")
+
+
+def bag_share(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) non-negative weights → each valid row normalised to sum 1 (zeros on padding and empty bags)."""
+    w = weights * mask
+    return w / w.sum(1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsikt.mil.base import Aggregator, Batch, GatedAttention, masked_softmax, project, unpack
+from wsikt.mil.base import Aggregator, Batch, GatedAttention, bag_share, masked_softmax, project, unpack
 
 
 class ABMIL(Aggregator):
@@ -37,6 +37,10 @@ class ABMIL(Aggregator):
         emb, a = self.embed_rows(batch["rows0"], batch["mask0"])
         return {"logits": self.classifier(emb), "embedding": emb, "attention": a}
 
+    def patch_attention(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The gated-attention weights of the pooling (softmax over the bag's patches)."""
+        return {self.scales[0]: out["attention"]}
+
 
 class PoolMIL(Aggregator):
     """Linear(D→512)+ReLU, then mean or max pooling over valid instances, then Linear(512→T) (CROPKT's DeepMIL).
@@ -62,3 +66,13 @@ class PoolMIL(Aggregator):
         else:
             emb = h.masked_fill(~m, float("-inf")).max(1).values
         return {"logits": self.classifier(emb), "embedding": emb}
+
+    def patch_attention(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mean: every valid patch 1/N (the pooling weighs all alike). Max: the share of the 512
+        embedding features whose maximum the patch holds (the patches the max actually reads)."""
+        mask = batch["mask0"]
+        if self.pool == "mean":
+            return {self.scales[0]: bag_share(mask.to(out["embedding"].dtype), mask)}
+        h = project(self.fc, batch).masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        winners = torch.nn.functional.one_hot(h.argmax(1), mask.shape[1]).sum(1)  # (B, N): features each patch wins
+        return {self.scales[0]: bag_share(winners.to(out["embedding"].dtype), mask)}

@@ -18,6 +18,7 @@ import yaml
 from wsikt.cohort.groups import CancerGroups
 from wsikt.cohort.split_settings import SplitSettings
 from wsikt.core.io import atomic_path, write_text, write_tsv
+from wsikt.core.model_facts import ATTENTION_MODELS
 from wsikt.report.data import (
     b64,
     cohort_table,
@@ -30,6 +31,7 @@ from wsikt.report.data import (
 )
 from wsikt.report.facts import ENDPOINTS, STAGE_ORDER, data_release, device_facts, runtime_per_stage, software_versions
 from wsikt.report.figures import km_panels, transfer_heatmap
+from wsikt.report.heatmaps import attention_section
 from wsikt.report.metrics import expert_metrics, load_fold_predictions
 from wsikt.report.render import render_page
 from wsikt.report.significance import matrix_intervals, read_stats, with_comparisons, with_expert_chance
@@ -63,6 +65,8 @@ class ReportInputs:
     compare: Path | None = None
     matrix_ci: Path | None = None
     retrained: list[Path] = field(default_factory=list)
+    heatmaps: Path | None = None  # the heatmaps rule's index TSV; its PNGs are in the folder of the same name
+    density: Path | None = None  # its attention–density table
 
     @classmethod
     def from_rule(cls, named: Any, baseline_methods: list[str], benchmarks: str | Path | None) -> ReportInputs:
@@ -76,6 +80,8 @@ class ReportInputs:
             finetuned=_one_path(getattr(named, "finetuned", None)),
             **{k: Path(getattr(named, k)) if getattr(named, k, None) else None for k in ("chance", "compare", "matrix_ci")},
             retrained=[Path(p) for p in getattr(named, "retrained", [])],
+            heatmaps=Path(named.heatmaps) if getattr(named, "heatmaps", None) else None,
+            density=Path(named.density) if getattr(named, "density", None) else None,
         )
 
 
@@ -128,6 +134,7 @@ class ReportData:
     n_folds: int
     finetuned: pd.DataFrame | None = None
     matrix_ci: dict = field(default_factory=dict)  # source → target → (low, high, below chance)
+    attention: dict = field(default_factory=dict)
 
 
 def _expert_table(summary: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
@@ -158,6 +165,7 @@ def report_data(inputs: ReportInputs, settings: ReportSettings) -> ReportData:
         roupkt=with_comparisons(roupkt_table(summary, inputs.roupkt, inputs.baselines), stats, sorted(inputs.baselines)),
         runtime=runtime, n_folds=int(summary["folds"].max()) if len(summary) else 0, matrix_ci=matrix_intervals(stats),
         finetuned=read_finetuned_matrix(inputs.finetuned) if inputs.finetuned else None,
+        attention=attention_section(inputs.heatmaps, inputs.density),
     )
 
 
@@ -208,7 +216,8 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
         qc_groups=data.qc_groups, n_qc_shown=sum(len(g["shown"]) for g in data.qc_groups), n_qc=data.n_qc, max_qc=settings.max_qc,
         runtime=runtime.to_dict("records"), runtime_total=float(runtime["total_s"].sum()) if len(runtime) else 0.0,
         missing_stages=[s for s in STAGE_ORDER if s != "report" and s not in set(runtime["stage"])],
-        versions=software_versions(), device=device_facts(),
+        versions=software_versions(), device=device_facts(), attention=data.attention,
+        model_has_attention=settings.model in ATTENTION_MODELS,
         config_yaml=yaml.safe_dump(settings.config, sort_keys=False, allow_unicode=True),
     )
 
@@ -244,4 +253,4 @@ def build_report(inputs: ReportInputs, outputs: ReportOutputs, settings: ReportS
         write_tsv(data.experts, outputs.metrics)
     return {"experts": data.experts, "groups": data.groups, "positives": data.positives, "cohort": data.cohort,
             "runtime": data.runtime, "matrix": data.matrix, "qc_groups": data.qc_groups, "roupkt": data.roupkt,
-            "finetuned": data.finetuned}
+            "finetuned": data.finetuned, "attention": data.attention}

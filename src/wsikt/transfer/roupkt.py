@@ -127,9 +127,13 @@ class Router(nn.Module):
         self.register_buffer("feature_std", torch.ones(in_dim))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attend(x, mask)[0]
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router logits (B, E) and the ABMIL attention (B, N) over the patches they were routed by."""
         x = ((x - self.feature_mean) / self.feature_std).masked_fill(~mask.unsqueeze(-1), 0.0)
-        h, _ = self.abmil.embed(x, mask)
-        return self.gate(h)
+        h, a = self.abmil.embed(x, mask)
+        return self.gate(h), a
 
 
 class ROUPKT(nn.Module):
