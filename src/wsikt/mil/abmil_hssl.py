@@ -37,3 +37,7 @@ class ABMILHSSL(Aggregator):
         a = masked_softmax(unpack(score, mask).squeeze(-1), mask, dim=1)  # (B, N)
         bag = torch.bmm(a.unsqueeze(1), unpack(h, mask)).squeeze(1)  # (B, d)
         return {"logits": self.mlp(bag), "embedding": self.to_embedding(bag), "attention": a}
+
+    def patch_attention(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The gated-attention weights of the pooling (softmax over the bag's tiles)."""
+        return {self.scales[0]: out["attention"]}

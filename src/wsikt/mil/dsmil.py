@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from wsikt.mil.base import Aggregator, Batch, FixedProjection, masked_softmax, mlp, packed, project
+from wsikt.mil.base import Aggregator, Batch, FixedProjection, bag_share, masked_softmax, mlp, packed, project
 
 OUT_LOGITS = ("mean", "bag", "max")
 
@@ -68,3 +68,7 @@ class DSMIL(Aggregator):
         bag_score = self.bag(pooled).squeeze(-1)  # (B, T)
         logits = {"mean": 0.5 * (crit_score + bag_score), "bag": bag_score, "max": crit_score}[self.out_logits]
         return {"logits": logits, "embedding": self.to_embedding(pooled.mean(1)), "attention": a}
+
+    def patch_attention(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The bag stream's attention relative to each output's critical tile, averaged over the outputs."""
+        return {self.scales[0]: bag_share(out["attention"].mean(1), batch["mask0"])}
