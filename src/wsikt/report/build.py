@@ -44,7 +44,8 @@ class ReportInputs:
     """The result files the report reads: the report rule's named inputs (plus the benchmark folder).
 
     ``predictions`` are ``.../{cancer}/fold{k}/predictions.tsv``; each sibling ``model.pt`` gives the
-    expert's bin edges. ``matrix`` is None when the transfer matrix was not run (``transfer.matrix: false``). ``baselines`` maps a baseline method to its summary TSV. ``chance``,
+    expert's bin edges. ``matrix`` (and ``matrix_ci``) is None when the transfer matrix was not run
+    (``transfer.matrix: false``). ``baselines`` maps a baseline method to its summary TSV. ``chance``,
     ``compare``, ``matrix_ci`` and ``retrained`` are the statistics stage's tables (``results/stats/``).
     """
 
