@@ -242,6 +242,35 @@ def test_inconsistent_keys_rejected_with_the_fix(cfg, edit, key):
 
 
 @pytest.mark.parametrize(
+    ("edit", "keys"),
+    [
+        (lambda c: None, ["roupkt.targets 'all'"]),
+        (lambda c: c["roupkt"].update(targets=["SHRA"]), ["roupkt.targets ['SHRA']"]),
+        (lambda c: c.update(roupkt={"targets": []}, baselines={"methods": ["head", "merge"]}), ["baselines.methods"]),
+        (lambda c: c.update(roupkt={"targets": []}, transfer={"matrix": False, "finetuned": ["all"]}), ["transfer.finetuned"]),
+        (lambda c: c["baselines"].update(methods=["mlp"]), ["roupkt.targets", "baselines.methods"]),
+    ],
+)
+def test_no_transfer_matrix_rejects_every_reader_of_the_embeddings(cfg, edit, keys):
+    """transfer.matrix false runs no embedding job: ROUPKT, the baselines and the fine-tuned matrix would have no input."""
+    cfg["transfer"]["matrix"] = False
+    edit(cfg)
+    msg = _error(cfg)
+    assert msg.startswith("config: transfer.matrix is false") and msg.endswith("or transfer.matrix: true"), msg
+    for key in keys:
+        assert key in msg and f"{key.split()[0]}: []" in msg, (key, msg)
+    for key in {"roupkt.targets", "baselines.methods", "transfer.finetuned"} - {k.split()[0] for k in keys}:
+        assert key not in msg, msg
+
+
+def test_no_transfer_matrix_alone_is_valid(cfg):
+    cfg["transfer"]["matrix"] = False
+    cfg["roupkt"]["targets"] = []
+    assert validate_config(cfg, SCHEMA)["transfer"]["matrix"] is False
+    assert validate_config({"demo": {"enabled": False}}, SCHEMA)["transfer"]["matrix"] is True  # CROPKT routes: on
+
+
+@pytest.mark.parametrize(
     ("edit", "key"),
     [
         (lambda c: c["preprocess"].update(context_mpp=[0.8]), "preprocess.context_mpp"),

@@ -118,6 +118,7 @@ def test_preset_is_valid_and_sets_the_papers_setup():
     assert ex["bins"]["kind"] == "quantile" and ex["bins"]["n_bins"] == 4
     assert cfg["preprocess"]["context_mpp"] == [1.0, 2.0] and cfg["preprocess"]["target_mpp"] == 0.5
     assert cfg["roupkt"]["targets"] == [] and ex["null_gate"]["inner_folds"] == 0 and ex["feature_norm"] == "none"
+    assert cfg["transfer"]["matrix"] is False  # one model per cancer: no zero-shot transfer matrix
     if "cancer_groups" in preset:
         assert preset["cancer_groups"] == {"GBMLGG": ["TCGA-GBM", "TCGA-LGG"]}
     settings = TrainSettings.from_config(ex)

@@ -176,5 +176,6 @@ def test_preset_is_the_papers_setup():
     assert (settings.model, settings.loss, settings.alpha, settings.bins_kind, settings.n_bins) == ("dsca", "nll", 0.1, "quantile", 4)
     assert (settings.lr, settings.weight_decay, settings.patients_per_step, settings.epochs) == (8e-5, 5e-4, 16, 150)
     assert exp["feature_norm"] == "none" and exp["null_gate"]["inner_folds"] == 0 and cfg["roupkt"]["targets"] == []
+    assert cfg["transfer"]["matrix"] is False  # one model per cancer: no zero-shot transfer matrix
     agg = build_model("dsca", 1024, 4, dropout=exp["dropout"], **exp["model_params"]).aggregator
     assert agg.scales == ("20x", "5x") and agg.hidden == 384 and agg.fine_encoder.layers[0].dropout.p == 0.6

@@ -106,6 +106,7 @@ def test_preset_validates_and_sets_histosslscaling_protocol():
     assert (train.epochs, train.patients_per_step, train.warmup_epochs, train.feature_norm) == (50, 16, 0, "none")
     assert train.max_tiles_per_slide == 1000
     assert gate.inner_folds == 0 and cfg["experts"]["folds"] == 5 and cfg["baselines"]["methods"] == []
+    assert cfg["transfer"]["matrix"] is False and cfg["roupkt"]["targets"] == []  # no transfer, no routing
     assert grid.params == {"lr": [1e-3, 1e-4], "weight_decay": [0.0, 1e-4]} and grid.inner_folds == 5 and grid.epochs and grid.score == "mean"
     from wsikt.mil import build_model
 
@@ -165,4 +166,5 @@ def test_preset_dry_run_plans_chowder_experts_on_a_sample_sheet(tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     jobs = jobs_in_dry_run(result)
     assert jobs["train_expert"] == 10 and jobs["preprocess_slide"] == 12, jobs
+    assert jobs["report"] == 1 and not {"embed_cohort", "transfer_matrix", "stats_matrix", "train_roupkt"} & set(jobs), jobs
     assert "results/experts/phikon/chowder/OS/BRCA/fold4/model.pt" in result.stdout

@@ -470,6 +470,27 @@ def test_finetuned_matrix_is_shown_beside_the_zero_shot_one_when_present(built, 
         assert len(cells) == len(off) and {float(c) for c in cells} == {value}
 
 
+def test_page_without_a_transfer_matrix_says_it_was_not_run(built, tmp_path):
+    """transfer.matrix false: no matrix.tsv or matrix_ci.tsv; the page leaves out the transfer table, heatmap,
+    positive-transfer sets and matrix CIs, says why in one sentence, and keeps every other section."""
+    _, args, _, full, _ = built
+    inputs = replace(args["inputs"], matrix=None, matrix_ci=None)
+    out = tmp_path / "index.html"
+    numbers = build_report(inputs, ReportOutputs(out, km=tmp_path / "km.png"), args["settings"])
+    page = out.read_text()
+    assert numbers["matrix"] is None and numbers["positives"] is None
+    for absent in ('id="transfer-table"', 'id="heatmap-figure"', 'id="positive-table"', "every other cancer"):
+        assert absent in full and absent not in page, absent
+    (note,) = re.findall(r'<p class="muted" id="no-transfer-matrix">(.*?)</p>', page)
+    assert "transfer matrix was not run" in note and "<code>transfer.matrix: false</code>" in note
+    assert 'id="no-transfer-matrix"' not in full
+    assert page.count("data:image/png;base64,") == 1 + 5  # KM and the QC thumbnails, no heatmap
+    assert _table(page, "expert-table") == _table(full, "expert-table") and (tmp_path / "km.png").stat().st_size
+    assert "No benchmark files for: acquire, features, labels, splits." in page  # transfer is not missing: not run
+    with pytest.raises(ValueError, match="transfer.matrix false"):
+        build_report(inputs, ReportOutputs(tmp_path / "i.html", heatmap=tmp_path / "hm.png"), args["settings"])
+
+
 def test_page_states_the_split_strategy_and_counts_pooled_projects_as_one_cancer(built, tmp_path):
     """splits.strategy is named in the run facts; a cancer_groups member's slides count under its group."""
     _, args, _, html, _ = built

@@ -62,6 +62,23 @@ def test_dry_run_lists_every_stage(tmp_path):
     assert jobs["attention_layers"] == 2 * n_cancers and jobs["heatmaps"] == 1  # experts + router, per cancer
 
 
+def test_without_the_transfer_matrix_no_embedding_matrix_or_matrix_ci_job_is_requested(tmp_path):
+    """transfer.matrix false (the one-model-per-cancer papers' presets): the demo's DAG keeps the experts, the
+    chance stats and the report, and loses embed_cohort, transfer_matrix and stats_matrix; with ROUPKT still on,
+    parsing stops with one line naming the keys."""
+    workdir = copy_repo(tmp_path / "repo")
+    result, jobs = dry_run_with(workdir, tmp_path / "off.yaml", "transfer:\n  matrix: false\nroupkt:\n  targets: []\n")
+    assert jobs["report"] == jobs["stats_chance"] == 1 and jobs["train_expert"] > 0, jobs
+    assert not {"embed_cohort", "transfer_matrix", "stats_matrix", "train_roupkt"} & set(jobs), jobs
+    assert "transfer_heatmap.png" not in result.stdout and "matrix.tsv" not in result.stdout
+    (tmp_path / "bad.yaml").write_text("transfer:\n  matrix: false\n")
+    bad = snakemake(workdir, "-n", "--configfile", "config/config.yaml", str(tmp_path / "bad.yaml"))
+    lines = [ln for ln in (bad.stdout + bad.stderr).splitlines() if ln.startswith("config: transfer.matrix")]
+    assert bad.returncode != 0 and "Job stats" not in bad.stdout
+    assert lines == ["config: transfer.matrix is false (no expert embeddings are computed), but roupkt.targets 'all' "
+                     "needs them: set roupkt.targets: [], or transfer.matrix: true"], (bad.stdout + bad.stderr)[-2000:]
+
+
 def test_profile_resources_reach_every_feature_batch_job(tmp_path):
     """profiles/slurm's set-resources for extract_features apply to each batch rule extract_features_<batch>,
     and each batch's runtime grows with its slides."""

@@ -84,6 +84,9 @@ FOLDS = list(
 )  # one (fold 0) for splits.strategy external
 MIN_PATIENTS = SPLITS.min_patients(config["experts"]["folds"])
 TRANSFER = "results/transfer/{encoder}/{model}/{endpoint}"  # transfer, roupkt and baselines rules write here
+# transfer.matrix false: no embed_cohort, transfer_matrix or stats_matrix job is requested (the report
+# leaves the matrix out); validate_config has rejected every reader of the embeddings (ROUPKT, baselines).
+TRANSFER_MATRIX = config["transfer"]["matrix"]
 # Files named by several rules: each path pattern is written once, here.
 PATH = {
     "labels": "results/labels/{endpoint}/{cancer}.tsv",
@@ -456,3 +459,18 @@ def stats_predictions(wildcards):
                 f"{root}/{{cancer}}/fold{{fold}}/{kind}", cancer=cancers, fold=FOLDS
             )
     return files
+
+
+def get_routed_embeddings(wildcards):
+    """A ROUPKT target's embedding cache, which its retrained null reads to retrain ROUPKT; none for
+    another cancer (so with transfer.matrix false the retrained null needs no embedding job).
+    """
+    if wildcards.cancer not in ROUPKT_TARGETS:
+        return []
+    return path_of(
+        "embeddings",
+        encoder=wildcards.encoder,
+        model=wildcards.model,
+        endpoint=wildcards.endpoint,
+        cancer=wildcards.cancer,
+    )

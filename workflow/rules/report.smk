@@ -1,14 +1,30 @@
 # The self-contained HTML report, plus its figures and expert metrics as files for `snakemake --report`.
+# With transfer.matrix false it reads no matrix and writes no heatmap (the page says the matrix was not run).
 # Benchmarks are read by globbing results/benchmarks/ in the job (not listed as inputs): every
 # upstream job has finished and written its benchmark before this rule runs, and a 12k-slide cohort
 # would otherwise add one input per slide and stage. The report's own benchmark is excluded.
 EXPERT_FOLDS = f"results/experts/{ENCODER}/{MODEL}/{ENDPOINT}/{{cancer}}/fold{{fold}}"
+HEATMAP = (  # the transfer heatmap as a file, when the matrix is built
+    {
+        "heatmap": report(
+            "results/report/transfer_heatmap.png",
+            caption="../report/transfer_heatmap.rst",
+            category="Transfer",
+        )
+    }
+    if TRANSFER_MATRIX
+    else {}
+)
 
 
 rule report:
     input:
         summary=f"results/experts/{ENCODER}/{MODEL}/{ENDPOINT}/summary.tsv",
-        matrix=f"results/transfer/{ENCODER}/{MODEL}/{ENDPOINT}/matrix.tsv",
+        matrix=(
+            f"results/transfer/{ENCODER}/{MODEL}/{ENDPOINT}/matrix.tsv"
+            if TRANSFER_MATRIX
+            else []
+        ),
         finetuned=(
             expand(
                 PATH["finetuned_matrix"],
@@ -47,7 +63,11 @@ rule report:
         metrics=expand(f"{EXPERT_FOLDS}/metrics.json", cancer=CANCERS, fold=FOLDS),  # bin edges
         chance=f"results/stats/{ENCODER}/{MODEL}/{ENDPOINT}/chance.tsv",
         compare=f"results/stats/{ENCODER}/{MODEL}/{ENDPOINT}/compare.tsv",
-        matrix_ci=f"results/stats/{ENCODER}/{MODEL}/{ENDPOINT}/matrix_ci.tsv",
+        matrix_ci=(
+            f"results/stats/{ENCODER}/{MODEL}/{ENDPOINT}/matrix_ci.tsv"
+            if TRANSFER_MATRIX
+            else []
+        ),
         retrained=(
             expand(
                 f"results/stats/{ENCODER}/{MODEL}/{ENDPOINT}/retrained_null/{{cancer}}.tsv",
@@ -59,6 +79,7 @@ rule report:
         heatmaps=rules.heatmaps.output.index if HEATMAPS else [],
         density=rules.heatmaps.output.density if HEATMAPS else [],
     output:
+        **HEATMAP,
         html=report(
             PATH["report"],
             caption="../report/index.rst",
@@ -68,11 +89,6 @@ rule report:
             "results/report/kaplan_meier.png",
             caption="../report/kaplan_meier.rst",
             category="Experts",
-        ),
-        heatmap=report(
-            "results/report/transfer_heatmap.png",
-            caption="../report/transfer_heatmap.rst",
-            category="Transfer",
         ),
         metrics=report(
             "results/report/expert_metrics.tsv",

@@ -49,7 +49,7 @@ rule stats_retrained_null:
     input:
         split=PATH["split"],
         bags=PATH["bags"],
-        embeddings=PATH["embeddings"],
+        embeddings=get_routed_embeddings,
     output:
         f"{STATS}/retrained_null/{{cancer}}.tsv",
     log:

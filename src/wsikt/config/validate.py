@@ -59,6 +59,7 @@ def check_consistency(config: dict, source: str = "config") -> None:
     if isinstance(source_fold, int) and not isinstance(source_fold, bool) and folds is not None and source_fold >= folds:
         raise ConfigError(f"{source}: roupkt.source_folds {source_fold} names a fold the experts do not have "
                           f"(experts.folds {folds}): use a fold in 0..{folds - 1} (CROPKT: 0), matched or all")
+    check_transfer_matrix(config, source)
     if "model" in exp and target is not None:
         have = {mag_name(target), *(mag_name(m) for m in context)}
         need = [s for s in model_scales(exp["model"], **exp.get("model_params", {})) if s != PRIMARY]
@@ -67,6 +68,23 @@ def check_consistency(config: dict, source: str = "config") -> None:
             mpps = ", ".join(f"{10 / float(s[:-1]):g}" for s in missing)
             raise ConfigError(f"{source}: experts.model '{exp['model']}' reads magnifications {need}, but patches "
                               f"have only {sorted(have)}: add [{mpps}] to preprocess.context_mpp")
+
+
+def check_transfer_matrix(config: dict, source: str = "config") -> None:
+    """``transfer.matrix: false`` runs no embedding job, so nothing that reads the expert embeddings may be on:
+    ROUPKT (``roupkt.targets``), the fine-tuning baselines (``baselines.methods``) and HistoKT's fine-tuned
+    matrix (``transfer.finetuned``). Raises ConfigError naming the keys that are on and the fix."""
+    if config.get("transfer", {}).get("matrix", True):
+        return
+    readers = {"roupkt.targets": config.get("roupkt", {}).get("targets"),
+               "baselines.methods": config.get("baselines", {}).get("methods"),
+               "transfer.finetuned": config.get("transfer", {}).get("finetuned")}
+    on = {key: value for key, value in readers.items() if value}
+    if on:
+        named = " and ".join(f"{key} {value!r}" for key, value in on.items())
+        fix = ", ".join(f"{key}: []" for key in on)
+        raise ConfigError(f"{source}: transfer.matrix is false (no expert embeddings are computed), but {named} "
+                          f"{'need' if len(on) > 1 else 'needs'} them: set {fix}, or transfer.matrix: true")
 
 
 def write_config(config: dict, path: str | Path) -> None:

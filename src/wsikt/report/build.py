@@ -46,12 +46,13 @@ class ReportInputs:
     """The result files the report reads: the report rule's named inputs (plus the benchmark folder).
 
     ``predictions`` are ``.../{cancer}/fold{k}/predictions.tsv``; each sibling ``model.pt`` gives the
-    expert's bin edges. ``baselines`` maps a baseline method to its summary TSV. ``chance``,
+    expert's bin edges. ``matrix`` (and ``matrix_ci``) is None when the transfer matrix was not run
+    (``transfer.matrix: false``). ``baselines`` maps a baseline method to its summary TSV. ``chance``,
     ``compare``, ``matrix_ci`` and ``retrained`` are the statistics stage's tables (``results/stats/``).
     """
 
     summary: Path
-    matrix: Path
+    matrix: Path | None
     splits: list[Path]
     samples: Path
     excluded: list[Path]
@@ -72,7 +73,7 @@ class ReportInputs:
     def from_rule(cls, named: Any, baseline_methods: list[str], benchmarks: str | Path | None) -> ReportInputs:
         """From a rule's named inputs (any object with the attributes above; ``roupkt`` may be empty)."""
         return cls(
-            summary=Path(named.summary), matrix=Path(named.matrix), splits=[Path(p) for p in named.splits],
+            summary=Path(named.summary), matrix=_one_path(named.matrix), splits=[Path(p) for p in named.splits],
             samples=Path(named.samples), excluded=[Path(p) for p in named.excluded], qc=[Path(p) for p in named.qc],
             predictions=[Path(p) for p in named.predictions], roupkt=Path(named.roupkt) if named.roupkt else None,
             baselines={m: Path(p) for m, p in zip(baseline_methods, named.baselines)},
@@ -123,8 +124,8 @@ class ReportData:
 
     experts: pd.DataFrame
     groups: dict
-    matrix: pd.DataFrame
-    positives: pd.DataFrame
+    matrix: pd.DataFrame | None  # None: the transfer matrix was not run
+    positives: pd.DataFrame | None
     cohort: pd.DataFrame
     exclusions: pd.DataFrame
     qc_groups: list[dict]
@@ -149,7 +150,7 @@ def _expert_table(summary: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
 def report_data(inputs: ReportInputs, settings: ReportSettings) -> ReportData:
     """Read the result files and compute the report's tables (bootstrap CIs, risk groups, cohort)."""
     summary = pd.read_csv(inputs.summary, sep="\t")
-    matrix = pd.read_csv(inputs.matrix, sep="\t")
+    matrix = pd.read_csv(inputs.matrix, sep="\t") if inputs.matrix else None
     samples = pd.read_csv(inputs.samples, sep="\t", dtype={"slide_id": str, "patient_id": str, "cancer": str})
     samples = CancerGroups.from_config(settings.config.get("cancer_groups")).apply(samples, str(inputs.samples))
     exclusions = read_exclusions(inputs.excluded)
@@ -160,7 +161,7 @@ def report_data(inputs: ReportInputs, settings: ReportSettings) -> ReportData:
     stats = read_stats(inputs.chance, inputs.compare, inputs.matrix_ci, inputs.retrained)
     return ReportData(
         experts=with_expert_chance(_expert_table(summary, metrics), stats), groups=groups, matrix=matrix,
-        positives=positive_transfer(matrix), cohort=cohort_table(read_tsvs(inputs.splits), samples, exclusions),
+        positives=positive_transfer(matrix) if matrix is not None else None, cohort=cohort_table(read_tsvs(inputs.splits), samples, exclusions),
         exclusions=exclusions, qc_groups=qc_groups, n_qc=n_qc,
         roupkt=with_comparisons(roupkt_table(summary, inputs.roupkt, inputs.baselines), stats, sorted(inputs.baselines)),
         runtime=runtime, n_folds=int(summary["folds"].max()) if len(summary) else 0, matrix_ci=matrix_intervals(stats),
@@ -183,15 +184,27 @@ def _stats_facts(config: dict, experts: pd.DataFrame) -> dict[str, Any]:
             "permutations": s.permutations, "level_pct": f"{100 * s.level:g}"}
 
 
-def report_figures(data: ReportData, endpoint: str) -> dict[str, bytes]:
-    """The page's figures as PNG bytes: Kaplan–Meier risk groups and the transfer heatmap."""
-    return {"km": km_panels(data.groups, endpoint), "heatmap": transfer_heatmap(data.matrix)}
+def report_figures(data: ReportData, endpoint: str) -> dict[str, bytes | None]:
+    """The page's figures as PNG bytes: Kaplan–Meier risk groups and the transfer heatmap (None without a matrix)."""
+    heatmap = transfer_heatmap(data.matrix) if data.matrix is not None else None
+    return {"km": km_panels(data.groups, endpoint), "heatmap": heatmap}
+
+
+def matrix_context(data: ReportData) -> dict[str, Any]:
+    """The transfer table's names: sources, targets and per cell (mean, sd, CI low, CI high, below chance);
+    empty without a matrix."""
+    if data.matrix is None:
+        return {"targets": [], "sources": [], "matrix": {}}
+    pivot = data.matrix.pivot(index="source", columns="target", values="c_index_mean")
+    sd = data.matrix.pivot(index="source", columns="target", values="c_index_sd")
+    return {"targets": list(pivot.columns), "sources": list(pivot.index),
+            "matrix": {s: {t: (pivot.at[s, t], sd.at[s, t], *data.matrix_ci.get(s, {}).get(t, (np.nan, np.nan, False)))
+                           for t in pivot.columns} for s in pivot.index}}
 
 
 def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInputs, settings: ReportSettings) -> dict[str, Any]:
     """Every name the template uses, from the tables, figures and settings."""
-    pivot = data.matrix.pivot(index="source", columns="target", values="c_index_mean")
-    sd = data.matrix.pivot(index="source", columns="target", values="c_index_sd")
+    has_matrix = data.matrix is not None
     cohort, exclusions, runtime = data.cohort, data.exclusions, data.runtime
     return dict(
         endpoint=settings.endpoint, endpoint_name=ENDPOINTS.get(settings.endpoint, settings.endpoint),
@@ -205,28 +218,29 @@ def page_context(data: ReportData, figures: dict[str, bytes], inputs: ReportInpu
         exclusion_reasons=exclusions.groupby(["stage", "reason"]).size().reset_index(name="n").to_dict("records") if len(exclusions) else [],
         experts=data.experts.to_dict("records"), km=b64(figures["km"]) if data.groups else None,
         n_boot=settings.n_boot, seed=settings.seed, n_eval_times=N_EVAL_TIMES, min_test_events=MIN_TEST_EVENTS,
-        targets=list(pivot.columns), sources=list(pivot.index),
-        matrix={s: {t: (pivot.at[s, t], sd.at[s, t], *data.matrix_ci.get(s, {}).get(t, (np.nan, np.nan, False)))
-                    for t in pivot.columns} for s in pivot.index},
+        has_matrix=has_matrix, **matrix_context(data),
         stats=_stats_facts(settings.config, data.experts), has_stats=inputs.chance is not None,
         has_matrix_ci=bool(data.matrix_ci), has_retrained=bool(inputs.retrained),
-        heatmap=b64(figures["heatmap"]), positives=data.positives.to_dict("records"), thresholds=POSITIVE_THRESHOLDS,
+        heatmap=b64(figures["heatmap"]) if has_matrix else None,
+        positives=data.positives.to_dict("records") if has_matrix else [], thresholds=POSITIVE_THRESHOLDS,
         roupkt=data.roupkt.to_dict("records"), roupkt_topk=settings.roupkt_topk, baseline_methods=sorted(inputs.baselines),
         baselines=bool(inputs.baselines), finetuned=finetuned_context(data.finetuned, data.matrix),
         qc_groups=data.qc_groups, n_qc_shown=sum(len(g["shown"]) for g in data.qc_groups), n_qc=data.n_qc, max_qc=settings.max_qc,
         runtime=runtime.to_dict("records"), runtime_total=float(runtime["total_s"].sum()) if len(runtime) else 0.0,
-        missing_stages=[s for s in STAGE_ORDER if s != "report" and s not in set(runtime["stage"])],
+        missing_stages=[s for s in STAGE_ORDER if s not in {"report", *(() if has_matrix else ("transfer",))}
+                        and s not in set(runtime["stage"])],
         versions=software_versions(), device=device_facts(), attention=data.attention,
         model_has_attention=settings.model in ATTENTION_MODELS,
         config_yaml=yaml.safe_dump(settings.config, sort_keys=False, allow_unicode=True),
     )
 
 
-def finetuned_context(finetuned: pd.DataFrame | None, zero_shot: pd.DataFrame) -> list[dict]:
-    """Per fine-tuning method: the (source × target) cells as (mean, sd, zero-shot mean); [] when not run."""
+def finetuned_context(finetuned: pd.DataFrame | None, zero_shot: pd.DataFrame | None) -> list[dict]:
+    """Per fine-tuning method: the (source × target) cells as (mean, sd, zero-shot mean, NaN without a
+    zero-shot matrix); [] when not run."""
     if finetuned is None or not len(finetuned):
         return []
-    zs = zero_shot.set_index(["source", "target"])["c_index_mean"]
+    zs = zero_shot.set_index(["source", "target"])["c_index_mean"] if zero_shot is not None else pd.Series(dtype=float)
     out = []
     for method, g in finetuned.groupby("method", sort=True):
         sources, targets = sorted(g["source"].unique()), sorted(g["target"].unique())
@@ -242,11 +256,14 @@ def build_report(inputs: ReportInputs, outputs: ReportOutputs, settings: ReportS
 
     Returns the numbers shown (for tests).
     """
+    if outputs.heatmap and inputs.matrix is None:
+        raise ValueError(f"report: heatmap file {outputs.heatmap} asked for, but no transfer matrix was given "
+                         "(transfer.matrix false): ask for no heatmap")
     data = report_data(inputs, settings)
     figures = report_figures(data, settings.endpoint)
     write_text(render_page(page_context(data, figures, inputs, settings)), outputs.html)
     for path, png in ((outputs.km, figures["km"]), (outputs.heatmap, figures["heatmap"])):
-        if path:
+        if path and png is not None:
             with atomic_path(path) as tmp:
                 tmp.write_bytes(png)
     if outputs.metrics:
