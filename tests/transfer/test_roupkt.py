@@ -16,16 +16,17 @@ from support.transfer_cohort import (  # the session fixture `cohort` comes from
 )
 
 from wsikt.training.checkpoint import read_checkpoint
+from wsikt.training.gate import null_gate
 from wsikt.training.settings import NullGate
 from wsikt.transfer.embedding_cache import parse_key, stack_embeddings
 from wsikt.transfer.roupkt import (
     ROUPKT,
     RoupktSettings,
     balance_loss,
-    gate_c,
     load_roupkt,
     predict_roupkt,
     roupkt_experts,
+    roupkt_fit_predict,
     route,
     run_roupkt_fold,
     z_loss,
@@ -194,7 +195,8 @@ def test_null_gate_never_reads_the_test_fold(cohort):
     settings = RoupktSettings(topk=2, null_gate=NullGate(3, 0.55))
 
     def score(s):
-        return gate_c(s, cohort.bags["SHA"], emb, fold, cohort.settings, settings, CPU)
+        fit_predict = roupkt_fit_predict(s, cohort.bags["SHA"], emb, fold, cohort.settings, settings, CPU)
+        return null_gate(s, fold, settings.null_gate, cohort.settings.seed, fit_predict, "roupkt.null_gate.inner_folds")["inner_c"]
 
     clean = score(split)
     assert score(poison_test_labels(split, fold)) == clean

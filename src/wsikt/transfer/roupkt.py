@@ -48,9 +48,9 @@ from wsikt.core.io import write_tsv
 from wsikt.mil import ABMIL, pad_bags
 from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival, survival_curve
 from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
-from wsikt.training.experts import life_table_logits
 from wsikt.training.fit import Targets, fit
-from wsikt.training.folds import inner_cv_c, write_fold_outputs
+from wsikt.training.folds import FitPredict, write_fold_outputs
+from wsikt.training.gate import life_table_logits, make_null_linear, null_gate
 from wsikt.training.settings import NullGate, TrainSettings
 from wsikt.transfer.embedding_cache import ExpertKey, cache_keys, key_name, stack_embeddings
 from wsikt.transfer.matrix import positive_sources, selection_matrix
@@ -239,12 +239,12 @@ def router_table(split: pd.DataFrame, fold: int, names: list[str], pred: dict[st
     return df
 
 
-def gate_c(
+def roupkt_fit_predict(
     split: pd.DataFrame, bags: list[np.ndarray], emb: np.ndarray, fold: int, train: TrainSettings,
     settings: RoupktSettings, device: torch.device,
-) -> float:
-    """The null gate's score: pooled inner-CV C of ROUPKT models trained like the outer one (own bins) on
-    inner folds of outer fold ``fold``'s training patients; ``emb`` (N, E, 512) rows align with ``split``."""
+) -> FitPredict:
+    """The null gate's model: ROUPKT trained like the outer one (own bins) on inner-training rows of outer fold
+    ``fold``; risks of the validation rows. ``emb`` (N, E, 512) rows align with ``split``."""
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
 
     def fit_predict(tr: np.ndarray, va: np.ndarray) -> np.ndarray:
@@ -257,15 +257,7 @@ def gate_c(
                                 train, settings, device)
         return risk_from_survival(predict_roupkt(model, [bags[i] for i in va], emb[va], device)["surv"])
 
-    return inner_cv_c(split, fold, settings.null_gate.inner_folds, train.seed, fit_predict, key="roupkt.null_gate.inner_folds")
-
-
-@torch.no_grad()
-def make_null(model: ROUPKT, bins: np.ndarray, events: np.ndarray, n_bins: int) -> None:
-    """Turn ``model`` into the null model: its head ignores the mixture and gives every patient the
-    life-table hazards of (``bins``, ``events``), the training patients'. The router is kept."""
-    model.head.weight.zero_()
-    model.head.bias.copy_(life_table_logits(bins, events, n_bins).to(model.head.bias))
+    return fit_predict
 
 
 def run_roupkt_fold(
@@ -289,14 +281,14 @@ def run_roupkt_fold(
     idx = np.flatnonzero(is_train)
     model, history = train_roupkt([bags[i] for i in idx], emb[idx], bins[idx], events[idx], len(edges) + 1, train, settings, device)
     gate, gate_result = settings.null_gate, None
-    if gate.inner_folds:
-        inner_c = gate_c(split, bags, emb, fold, train, settings, device)
-        is_null = not inner_c > gate.min_c  # NaN (no comparable pair) is no evidence either
-        if is_null:
-            make_null(model, bins[idx], events[idx], len(edges) + 1)
-        gate_result = {"inner_folds": gate.inner_folds, "min_c": gate.min_c, "inner_c": inner_c, "null": is_null}
-        log.info("ROUPKT %s fold %d: inner-CV C %.3f %s %.2f: %s", target, fold, inner_c, "≤" if is_null else ">",
-                 gate.min_c, "null model (one risk for all)" if is_null else "trained model kept")
+    if gate.inner_folds:  # the router is kept; the head gives every patient the training life table
+        gate_result = null_gate(split, fold, gate, train.seed, roupkt_fit_predict(split, bags, emb, fold, train, settings, device),
+                                key="roupkt.null_gate.inner_folds")
+        if gate_result["null"]:
+            make_null_linear(model.head, life_table_logits(bins[idx], events[idx], len(edges) + 1))
+        log.info("ROUPKT %s fold %d: inner-CV C %.3f %s %.2f: %s", target, fold, gate_result["inner_c"],
+                 "≤" if gate_result["null"] else ">", gate.min_c,
+                 "null model (one risk for all)" if gate_result["null"] else "trained model kept")
     pred = predict_roupkt(model, bags, emb, device)
     routes = router_table(split, fold, names, pred)
     test = routes["split"] == "test"
