@@ -32,11 +32,14 @@ def _effective(workdir: Path, *configfiles: str) -> dict:
 
 
 def _sample_sheet(workdir: Path, paper: str) -> Path:
-    """A sample sheet as the GDC query writes it: two patients of every project the preset asks for."""
-    rows = [dict(slide_id=f"TCGA-{p[5:7]}-{i:04d}-01Z-00-DX1.X{p}{i}", patient_id=f"TCGA-{p[5:7]}-{i:04d}",
-                 cancer=p.removeprefix("TCGA-"), path=f"resources/slides/{p}{i}.svs", file_id=f"id-{p}-{i}",
-                 file_name=f"{p}{i}.svs", md5="0" * 32, size=1000)
-            for p in _preset(paper)["gdc"]["projects"] for i in range(2)]
+    """A sample sheet as the GDC query writes it: five patients (one per fold) of every project the preset asks for."""
+    rows = []
+    for k, project in enumerate(_preset(paper)["gdc"]["projects"]):  # site k: one tissue-source site per project
+        for i in range(5):
+            slide = f"TCGA-{k:02d}-{i:04d}-01Z-00-DX1.{k:02d}{i:04d}"
+            rows.append(dict(slide_id=slide, patient_id=f"TCGA-{k:02d}-{i:04d}", cancer=project.removeprefix("TCGA-"),
+                             path=f"resources/slides/{slide}.svs", file_id=f"id-{k}-{i}", file_name=f"{slide}.svs",
+                             md5="0" * 32, size=1000))
     sheet = workdir / _preset(paper)["gdc"]["sample_sheet"]
     sheet.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(sheet, sep="\t", index=False)
@@ -60,7 +63,7 @@ def test_every_preset_plans_the_gdc_query_then_its_slides(tmp_path):
     with ThreadPoolExecutor(3) as pool:
         for paper, query, slides in pool.map(plan, PAPERS):
             assert query.get("query_gdc") == 1 and "preprocess_slide" not in query, (paper, query)
-            assert slides.get("preprocess_slide") == 2 * len(_preset(paper)["gdc"]["projects"]), (paper, slides)
+            assert slides.get("preprocess_slide") == 5 * len(_preset(paper)["gdc"]["projects"]), (paper, slides)
 
 
 def test_cropkt_preset_parses_to_cropkts_setup(tmp_path):
