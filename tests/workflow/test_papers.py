@@ -25,8 +25,7 @@ def _preset(paper: str) -> dict:
 
 def _effective(workdir: Path, *configfiles: str) -> dict:
     """The config the jobs run with (validated, defaults filled): results/config/effective.yaml."""
-    args = [a for f in configfiles for a in ("--configfile", f)]
-    run = snakemake(workdir, "results/config/effective.yaml", "--cores", "1", "--forceall", *args)
+    run = snakemake(workdir, "results/config/effective.yaml", "--cores", "1", "--forceall", "--configfile", *configfiles)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return yaml.safe_load((workdir / "results/config/effective.yaml").read_text())
 
