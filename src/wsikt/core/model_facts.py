@@ -15,7 +15,7 @@ MIN_COX_BATCH = 16  # the partial likelihood compares each event with the batch'
 LOSS_NAMES = ("nll", "cox")
 MODEL_NAMES = ("abmil", "abmil_hssl", "mean", "max", "transmil", "chowder", "dsmil", "dsca", "crossfusion",
                "crossfusion_local")
-ATTENTION_MODELS = ("abmil", "abmil_hssl", "mean", "max", "dsmil")  # aggregators with per-patch attention (Aggregator.patch_attention)
+ATTENTION_MODELS = ("abmil", "abmil_hssl", "mean", "max", "dsmil", "dsca")  # aggregators with per-patch attention (Aggregator.patch_attention)
 DEFAULT_SCALES: dict[str, tuple[str, ...]] = {  # multi-scale models: fine → coarse
     "dsca": ("20x", "5x"),
     "crossfusion": ("20x", "10x", "5x"),

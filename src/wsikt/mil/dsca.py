@@ -29,7 +29,7 @@ from torch import nn
 
 from wsikt.cohort.bags import PRIMARY, Bag, PatientBag, as_patient_bag
 from wsikt.core.model_facts import DEFAULT_SCALES
-from wsikt.mil.base import Aggregator, Batch, GatedAttention, _to, children_index, unpack
+from wsikt.mil.base import Aggregator, Batch, GatedAttention, _to, bag_share, children_index, unpack
 
 EMBEDDING_DIM = 512
 
@@ -134,7 +134,22 @@ class DSCA(Aggregator):
         a = self.attention(fused, mask)
         rep = torch.bmm(a.unsqueeze(1), fused).squeeze(1)
         emb = nn.functional.pad(rep, (0, EMBEDDING_DIM - self.hidden))
-        return {"logits": self.classifier(emb), "embedding": emb, "attention": a}
+        return {"logits": self.classifier(emb), "embedding": emb, "attention": a,
+                "square_pool": (guide, keys, ignore, kids, orphan)}
+
+    def patch_attention(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """5x: GAPool's attention over the 5x patches. 20x: each child's share of its parent's CAPool
+        cross-attention (heads averaged) times its parent's 5x attention, so each bag's row sums to 1."""
+        guide, keys, ignore, kids, orphan = out["square_pool"]
+        _, w = self.square_pool(guide, keys, keys, key_padding_mask=ignore, need_weights=True)
+        w = w.squeeze(1) * (kids >= 0) * ~orphan.unsqueeze(1)  # (Mc, r²): no weight on missing children
+        mask, fine_mask = batch["mask1"], batch["mask0"]
+        share = w * out["attention"][mask].unsqueeze(1)  # (Mc, r²): parent's attention split over its children
+        bag = torch.arange(len(mask), device=mask.device).repeat_interleave(mask.sum(1))
+        fine = torch.zeros(fine_mask.shape, dtype=share.dtype, device=share.device)
+        valid = kids >= 0
+        fine.index_put_((bag.unsqueeze(1).expand_as(kids)[valid], kids[valid]), share[valid], accumulate=True)
+        return {self.scales[0]: bag_share(fine, fine_mask), self.scales[1]: out["attention"]}
 
 
 def _coarse_coords(bag: PatientBag, coarse: str) -> tuple[np.ndarray, np.ndarray]:
