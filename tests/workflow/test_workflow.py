@@ -233,7 +233,9 @@ def test_one_slide_added_reruns_only_it_and_its_cancer(demo_run, tmp_path):
     sheet.to_csv(demo_run / "resources/own/samples.tsv", sep="\t", index=False)
     same = snakemake(demo_run, "-n", "--configfile", "config/config.yaml", str(own))
     assert same.returncode == 0, same.stdout[-2000:]
-    assert set(jobs_in_dry_run(same)) <= {"report", "all"}, jobs_in_dry_run(same)  # only the shown config changed
+    # only the shown config changed: the report, and the heatmaps, whose attention–density table names each demo
+    # cancer's planted mechanism (demo.cancers), not known without the demo
+    assert set(jobs_in_dry_run(same)) <= {"heatmaps", "report", "all"}, jobs_in_dry_run(same)
 
     first = sheet.iloc[0]
     new_path = demo_run / "resources/own/extra.tiff"
@@ -273,8 +275,12 @@ def test_snakemake_report_zip(demo_run, tmp_path):
 def test_roupkt_change_reruns_only_roupkt_and_report(demo_run, tmp_path):
     _, jobs = dry_run_with(demo_run, tmp_path / "roupkt.yaml", "roupkt:\n  topk: 2\n")
     assert jobs.get("train_roupkt", 0) > 0, jobs
-    # no expert, no embedding; the router's attention layers and the heatmaps drawn from them follow it
-    assert set(jobs) <= {"train_roupkt", "summarise_roupkt", "attention_layers", "heatmaps", "report", "all"}, jobs
+    # no expert, no embedding; the router's attention layers, the heatmaps drawn from them and the chance
+    # reference and paired intervals of ROUPKT's predictions follow it
+    assert set(jobs) <= {"train_roupkt", "summarise_roupkt", "attention_layers", "heatmaps", "stats_chance", "report",
+                         "all"}, jobs
+    assert "stats_matrix" not in jobs  # the matrix cells are the experts'
+    assert jobs.get("attention_layers") == len(_summary(demo_run))  # the router's only, one per cancer
 
 
 def test_heatmaps_change_reruns_no_training(demo_run, tmp_path):
