@@ -263,6 +263,15 @@ def test_no_transfer_matrix_rejects_every_reader_of_the_embeddings(cfg, edit, ke
         assert key not in msg, msg
 
 
+def test_colour_normalisation_of_ingested_features_is_refused(cfg):
+    """Ingested features were embedded elsewhere: a colour normalisation setting would silently not apply."""
+    cfg["features"].update(ingest="resources/authors_features", color_norm="macenko")
+    msg = _error(cfg)
+    assert "features.color_norm 'macenko' cannot reach ingested features" in msg and "features.ingest: null" in msg
+    cfg["features"]["color_norm"] = "none"
+    assert validate_config(cfg, SCHEMA)["features"]["ingest"] == "resources/authors_features"
+
+
 def test_no_transfer_matrix_alone_is_valid(cfg):
     cfg["transfer"]["matrix"] = False
     cfg["roupkt"]["targets"] = []

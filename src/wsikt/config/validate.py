@@ -60,6 +60,11 @@ def check_consistency(config: dict, source: str = "config") -> None:
         raise ConfigError(f"{source}: roupkt.source_folds {source_fold} names a fold the experts do not have "
                           f"(experts.folds {folds}): use a fold in 0..{folds - 1} (CROPKT: 0), matched or all")
     check_transfer_matrix(config, source)
+    feats = config.get("features", {})
+    if feats.get("ingest") and feats.get("color_norm", "none") != "none":
+        raise ConfigError(f"{source}: features.color_norm '{feats['color_norm']}' cannot reach ingested features "
+                          f"(features.ingest '{feats['ingest']}': no patch is read): set features.color_norm: none, or "
+                          "features.ingest: null to extract normalised features from the slides")
     if "model" in exp and target is not None:
         have = {mag_name(target), *(mag_name(m) for m in context)}
         need = [s for s in model_scales(exp["model"], **exp.get("model_params", {})) if s != PRIMARY]
