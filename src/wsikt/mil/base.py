@@ -115,6 +115,14 @@ def gather_rows(h: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, tor
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
+def tile_projection(in_dim: int, projection: int, dropout: float) -> tuple[nn.Module, int]:
+    """wsikt's optional learnt tile projection Linear(D→projection)+ReLU+Dropout (0 = none: the raw features, as
+    HistoSSLscaling's Chowder and DSMIL read them); returns the module and the width it gives."""
+    if not projection:
+        return nn.Identity(), in_dim
+    return nn.Sequential(nn.Linear(in_dim, projection), nn.ReLU(), nn.Dropout(dropout)), projection
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "sigmoid", dropout: float = 0.0) -> nn.Sequential:
     """Linear layers of widths ``hidden`` each followed by ``activation`` (and Dropout when > 0), then Linear(→out_dim).
 

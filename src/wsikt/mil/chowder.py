@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from wsikt.mil.base import Aggregator, Batch, FixedProjection, mlp, packed, project
+from wsikt.mil.base import Aggregator, Batch, FixedProjection, mlp, packed, project, tile_projection
 
 
 def _xavier(module: nn.Module) -> None:
@@ -56,11 +56,7 @@ class Chowder(Aggregator):
         if n_top < 0 or n_bottom < 0 or n_top + n_bottom == 0:
             raise ValueError(f"Chowder needs n_top + n_bottom > 0 (got {n_top}, {n_bottom}; experts.model_params)")
         self.n_top, self.n_bottom = n_top, n_bottom
-        width = in_dim
-        self.fc: nn.Module = nn.Identity()
-        if projection:  # wsikt's earlier variant: a learnt tile projection (with the experts' dropout) first
-            self.fc = nn.Sequential(nn.Linear(in_dim, projection), nn.ReLU(), nn.Dropout(dropout))
-            width = projection
+        self.fc, width = tile_projection(in_dim, projection, dropout)  # wsikt's earlier variant when projection > 0
         self.score = mlp(width, tile_hidden, n_bins, tile_activation)
         self.mlp = mlp(n_top + n_bottom, mlp_hidden, 1, mlp_activation, mlp_dropout)
         self.score.apply(_xavier)

@@ -22,9 +22,18 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 
-from wsikt.mil.base import Aggregator, Batch, FixedProjection, bag_share, masked_softmax, mlp, packed, project
+from wsikt.mil.base import (
+    Aggregator,
+    Batch,
+    FixedProjection,
+    bag_share,
+    masked_softmax,
+    mlp,
+    packed,
+    project,
+    tile_projection,
+)
 
 OUT_LOGITS = ("mean", "bag", "max")
 
@@ -41,11 +50,7 @@ class DSMIL(Aggregator):
             raise ValueError(f"DSMIL values '{values}' must be 'raw' (the features) or 'mlp' (experts.model_params)")
         if out_logits not in OUT_LOGITS:
             raise ValueError(f"DSMIL out_logits '{out_logits}' must be one of {', '.join(OUT_LOGITS)} (experts.model_params)")
-        width = in_dim
-        self.fc: nn.Module = nn.Identity()
-        if projection:  # wsikt's earlier variant: a learnt tile projection (with the experts' dropout) first
-            self.fc = nn.Sequential(nn.Linear(in_dim, projection), nn.ReLU(), nn.Dropout(dropout))
-            width = projection
+        self.fc, width = tile_projection(in_dim, projection, dropout)  # wsikt's earlier variant when projection > 0
         self.scores = mlp(width, scores_hidden, n_bins, activation)
         self.queries = mlp(width, queries_hidden, d_query, activation)
         self.values = mlp(width, values_hidden, d_values, activation) if values == "mlp" else None

@@ -24,7 +24,7 @@ from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival
 from wsikt.survival.metrics import evaluate_fold
 from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
 from wsikt.training.fit import Targets, fit
-from wsikt.training.folds import FitPredict, inner_cv_c, inner_cv_curve, write_fold_outputs
+from wsikt.training.folds import FitPredict, inner_bins, inner_cv_c, inner_cv_curve, write_fold_outputs
 from wsikt.training.gate import life_table_logits, null_gate
 from wsikt.training.settings import HyperGrid, NullGate, TrainSettings
 
@@ -140,11 +140,7 @@ def expert_fit_predict(split: pd.DataFrame, bags: Sequence[Bag], fold: int, sett
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
 
     def fit_predict(tr: np.ndarray, va: np.ndarray) -> np.ndarray:
-        try:
-            edges = fit_time_bins(times[tr], events[tr], settings.bins_kind, settings.n_bins, settings.bin_width_days)
-        except ValueError as exc:
-            raise ValueError(f"experts.null_gate inner fold of outer fold {fold}: {exc}; "
-                             "or lower experts.null_gate.inner_folds (0 = off)") from None
+        edges = inner_bins(times, events, tr, settings, fold, "experts.null_gate.inner_folds")
         model, _ = train_expert([bags[i] for i in tr], assign_bins(times, edges)[tr], events[tr], len(edges) + 1,
                                 settings, device, times=times[tr])
         return expert_risk(model, [bags[i] for i in va], device)
@@ -166,10 +162,7 @@ def select_hyperparameters(split: pd.DataFrame, bags: Sequence[Bag], fold: int, 
         s = replace(settings, **params)
 
         def fit_predict(tr: np.ndarray, va: np.ndarray, s: TrainSettings = s) -> np.ndarray:
-            try:
-                edges = fit_time_bins(times[tr], events[tr], s.bins_kind, s.n_bins, s.bin_width_days)
-            except ValueError as exc:
-                raise ValueError(f"experts.grid inner fold of outer fold {fold}: {exc}; or lower experts.grid.inner_folds") from None
+            edges = inner_bins(times, events, tr, s, fold, "experts.grid.inner_folds")
             val = [bags[i] for i in va]
             risks: list[np.ndarray] = []
 

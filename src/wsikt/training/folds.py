@@ -15,11 +15,23 @@ import pandas as pd
 
 from wsikt.cohort.splits import inner_folds
 from wsikt.core.io import write_json, write_tsv
-from wsikt.survival.bins import risk_from_survival
+from wsikt.survival.bins import fit_time_bins, risk_from_survival
 from wsikt.survival.metrics import harrell_c
+from wsikt.training.settings import TrainSettings
 
 # fit_predict(train rows, validation rows) → risk of the validation rows (higher = shorter survival)
 FitPredict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def inner_bins(times: np.ndarray, events: np.ndarray, rows: np.ndarray, settings: TrainSettings, fold: int,
+               key: str) -> np.ndarray:
+    """Time-bin edges fit on an inner fold's training ``rows``, as the outer model fits its own; an inner fold
+    too small to fit them stops with the outer fold and ``key`` (the config key of the inner folds) named."""
+    try:
+        return fit_time_bins(times[rows], events[rows], settings.bins_kind, settings.n_bins, settings.bin_width_days)
+    except ValueError as exc:
+        off = " (0 = off)" if "null_gate" in key else ""
+        raise ValueError(f"{key.rsplit('.', 1)[0]} inner fold of outer fold {fold}: {exc}; or lower {key}{off}") from None
 
 
 def inner_cv_c(split: pd.DataFrame, fold: int, n_inner: int, seed: int, fit_predict: FitPredict, key: str) -> float:

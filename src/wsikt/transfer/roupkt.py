@@ -49,7 +49,7 @@ from wsikt.mil import ABMIL, pad_bags
 from wsikt.survival.bins import assign_bins, fit_time_bins, risk_from_survival, survival_curve
 from wsikt.training.checkpoint import read_checkpoint, save_checkpoint
 from wsikt.training.fit import Targets, fit
-from wsikt.training.folds import FitPredict, write_fold_outputs
+from wsikt.training.folds import FitPredict, inner_bins, write_fold_outputs
 from wsikt.training.gate import life_table_logits, make_null_linear, null_gate
 from wsikt.training.settings import NullGate, TrainSettings
 from wsikt.transfer.embedding_cache import ExpertKey, cache_keys, key_name, stack_embeddings
@@ -248,11 +248,7 @@ def roupkt_fit_predict(
     times, events = split["time"].to_numpy(float), split["event"].to_numpy(int)
 
     def fit_predict(tr: np.ndarray, va: np.ndarray) -> np.ndarray:
-        try:
-            edges = fit_time_bins(times[tr], events[tr], train.bins_kind, train.n_bins, train.bin_width_days)
-        except ValueError as exc:
-            raise ValueError(f"roupkt.null_gate inner fold of outer fold {fold}: {exc}; "
-                             "or lower roupkt.null_gate.inner_folds (0 = off)") from None
+        edges = inner_bins(times, events, tr, train, fold, "roupkt.null_gate.inner_folds")
         model, _ = train_roupkt([bags[i] for i in tr], emb[tr], assign_bins(times, edges)[tr], events[tr], len(edges) + 1,
                                 train, settings, device)
         return risk_from_survival(predict_roupkt(model, [bags[i] for i in va], emb[va], device)["surv"])
